@@ -1,0 +1,46 @@
+"""Config loading, overrides and errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from vreid.config import ConfigError, apply_overrides, dump_config, load_config
+
+
+def test_tiny_and_demo_configs_load():
+    for name in ("tiny", "demo"):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert cfg.data.format == "synth" and cfg.data.synth_preset == name
+
+
+def test_overrides_typed_and_nested():
+    cfg = load_config("configs/tiny.yaml", ["run_dir=/tmp/elsewhere", "data.validation.num_ids=7"])
+    assert cfg.run_dir == "/tmp/elsewhere" and cfg.data.validation.num_ids == 7
+    data = {"models": [{"name": "a"}, {"name": "b"}]}
+    assert apply_overrides(data, ["models.1.name=c"])["models"][1]["name"] == "c"
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides(data, ["models.5.name=c"])
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        apply_overrides({}, ["run_dir"])
+
+
+def test_unknown_key_and_wrong_type_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.validation\.nmu_ids: Extra inputs are not permitted"):
+        load_config("configs/tiny.yaml", ["data.validation.nmu_ids=3"])
+    with pytest.raises(ConfigError, match=r"data\.validation\.num_ids: Input should be a valid integer"):
+        load_config("configs/tiny.yaml", ["data.validation.num_ids=many"])
+    with pytest.raises(ConfigError, match=r"data\.format: Input should be"):
+        load_config("configs/tiny.yaml", ["data.format=cityflow"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load_config("configs/demo.yaml")
+    p = tmp_path / "resolved.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p) == cfg
