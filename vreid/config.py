@@ -44,6 +44,96 @@ class DataConfig(StrictModel):
     validation: ValidationSplitConfig = ValidationSplitConfig()
 
 
+class LossConfig(StrictModel):
+    """BoT losses (METHODS.md, Training recipe)."""
+
+    id_weight: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="BoT label smoothing (0 = plain CE)")
+    triplet_weight: float = Field(1.0, ge=0)
+    triplet_margin: float | None = Field(
+        None, description="batch-hard margin (000: 0.5); null = soft margin log(1+exp(d_ap-d_an)) (001/003)")
+    center_weight: float = Field(0.0, ge=0, description="center loss beta (000: 5e-4; 001/003 drop it)")
+    color_weight: float = Field(1.0, ge=0, description="attribute CE weight alpha (000: 1)")
+    type_weight: float = Field(1.0, ge=0, description="attribute CE weight beta (000: 1)")
+    als: bool = Field(False, description="AGNet attribute label smoothing loss (004) instead of plain ID CE")
+
+
+class AugmentConfig(StrictModel):
+    flip_p: float = Field(0.5, ge=0, le=1)
+    pad: int = Field(10, ge=0, description="pad then random crop (BoT: 10)")
+    erase_p: float = Field(0.5, ge=0, le=1, description="random erasing (BoT: 0.5)")
+    shrink_p: float = Field(0.0, ge=0, le=1, description="random shrink (000: 0.5)")
+    shrink_range: tuple[float, float] = Field((0.4, 0.6), description="random shrink scale (000: U(0.4, 0.6))")
+    background_p: float = Field(0.0, ge=0, le=1, description="background substitution with masks (000: 0.5)")
+
+
+class StageConfig(StrictModel):
+    """One stage of a recipe; each starts from the previous stage's checkpoint."""
+
+    name: str = "stage1"
+    epochs: int = Field(2, ge=1)
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="001/003: SGD; 000: Adam")
+    lr: float = Field(1e-2, gt=0, description="001/003: 1e-2 (SGD); 000: 3.5e-4 (Adam)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: int = Field(0, ge=0, description="BoT: 10 epochs linear from warmup_factor*lr")
+    warmup_factor: float = Field(0.01, gt=0, le=1)
+    milestones: list[int] = Field(default_factory=list, description="BoT: x0.1 at epochs 40 and 70")
+    gamma: float = Field(0.1, gt=0, le=1)
+    p: int = Field(8, ge=2, description="identities per batch (000: 64; 003 code: 12)")
+    k: int = Field(4, ge=1, description="images per identity (000: 4; 003 code: 8)")
+    domains: list[Literal["real", "synthetic"]] = Field(default_factory=lambda: ["real"])
+    synthetic_ids: int | None = Field(
+        None, ge=1, description="multi-domain learning (001): only the first N synthetic identities")
+    freeze_stages: int = Field(0, ge=0, le=4, description="freeze stem + first N stages (001 fine-tune: 2)")
+    new_classifier: bool = Field(False, description="two-stage learning (002): replace the classifier")
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ScalingSection(StrictModel):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+
+
+class ModelConfig(StrictModel):
+    """A model is described entirely by config (issue: Training, item 1)."""
+
+    name: str
+    backbone: str = "resnet18"
+    head: Literal["bnneck", "attribute", "agnet"] = "bnneck"
+    task: Literal["reid", "camera", "orientation"] = "reid"
+    ibn: bool = False
+    last_stride: int = Field(1, ge=1, le=2)
+    pooling: Literal["avg", "gem"] = "avg"
+    embedding_dim: int | None = None
+    input_size: tuple[int, int] = (64, 64)
+    pretrained: bool = False
+    pretrained_path: str | None = None
+    weight: float = Field(1.0, ge=0, description="ensemble weight of this model's feature (000/002)")
+    recipe: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
+    scaling: ScalingSection = ScalingSection()
+
+    @model_validator(mode="after")
+    def _names(self) -> ModelConfig:
+        if not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"model name '{self.name}' must be letters, digits, '-' and '_' only")
+        if len({s.name for s in self.recipe}) != len(self.recipe):
+            raise ValueError(f"model '{self.name}': stage names must be unique")
+        return self
+
+
+class TrainConfig(StrictModel):
+    max_failures: int = Field(1, ge=0, description="Ray Train FailureConfig: restarts from the last checkpoint")
+    amp: bool = Field(True, description="mixed precision when on GPU")
+    num_threads: int = Field(1, ge=1, description="torch threads per training worker")
+    eval_every: int = Field(1, ge=1, description="validation mAP every N epochs")
+    resource_wait_s: float = Field(
+        0.0, ge=0, description="how long to wait for the autoscaler to provide the resources before failing")
+
+
 class RunConfig(StrictModel):
     """The whole run. Later stages add their own sections."""
 
@@ -51,11 +141,16 @@ class RunConfig(StrictModel):
     run_dir: str = Field("runs/tiny", description="all outputs of the run live here (path or URI)")
     seed: int = 0
     data: DataConfig = DataConfig()
+    models: list[ModelConfig] = Field(default_factory=list)
+    train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
     def _strip_run_dir(self) -> RunConfig:
         if not self.run_dir.strip():
             raise ValueError("run_dir must not be empty")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
         return self
 
 
