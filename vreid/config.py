@@ -130,8 +130,31 @@ class TrainConfig(StrictModel):
     amp: bool = Field(True, description="mixed precision when on GPU")
     num_threads: int = Field(1, ge=1, description="torch threads per training worker")
     eval_every: int = Field(1, ge=1, description="validation mAP every N epochs")
+    eval_batch_size: int = Field(64, ge=1)
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
     resource_wait_s: float = Field(
         0.0, ge=0, description="how long to wait for the autoscaler to provide the resources before failing")
+
+
+class ExtractConfig(StrictModel):
+    """Ray Data feature extraction (issue: Feature stores)."""
+
+    actors: int = Field(1, ge=1, description="model actors in the pool")
+    cpus_per_actor: float = Field(1.0, gt=0, description="leave a CPU free for the decode tasks on small machines")
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    cpus_per_decode_task: float = Field(0.5, gt=0)
+    batch_size: int = Field(64, ge=1)
+    tta: list[Literal["original", "flip", "crop", "crop_flip"]] = Field(
+        default_factory=lambda: ["original", "flip", "crop", "crop_flip"],
+        description="views averaged before L2 normalisation (003: image, crop, both flipped)")
+    crop_ratio: float = Field(0.9, gt=0, le=1, description="centre crop of the 'crop' views")
+    dtype: Literal["float32", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _views(self) -> ExtractConfig:
+        if not self.tta or len(set(self.tta)) != len(self.tta):
+            raise ValueError("tta must list at least one view, each once")
+        return self
 
 
 class RunConfig(StrictModel):
@@ -143,6 +166,7 @@ class RunConfig(StrictModel):
     data: DataConfig = DataConfig()
     models: list[ModelConfig] = Field(default_factory=list)
     train: TrainConfig = TrainConfig()
+    extract: ExtractConfig = ExtractConfig()
 
     @model_validator(mode="after")
     def _strip_run_dir(self) -> RunConfig:
