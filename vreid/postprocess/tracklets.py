@@ -1,0 +1,237 @@
+"""Tracklet features and image-to-track ranking (seed 001 §3.4 eqs. 3–5, seed 003 §3.2–3.3).
+
+All frames of a gallery tracklet show the same vehicle, so the query can be matched against
+one feature per track instead of single frames:
+
+* AF, average feature (seed 001 eq. 3): f_T = mean of the track's frame features.
+* WF, weighted feature (seed 001 eqs. 4–5, He et al. 2019; seed 003 "Weighted Tracklet
+  Features"): frames that look like the queries matching the track weigh more; see
+  :func:`weighted_tracklet_features`.
+* Image-to-track ranking: every image of a track gets the query's distance to the track
+  (:func:`image_to_track_distances`).
+* Fusion (seed 003 eq. 3): f̂ = β f + (1 − β) t, t the feature of the image's track.
+
+Track features are built per track from sparse track × image indicators: nothing is G × G.
+Every image needs a track id (>= 0); −1 (no track) is rejected with a ValueError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+
+from vreid.postprocess.ensemble import l2_normalize, pairwise_sq_distances
+
+__all__ = [
+    "average_tracklet_features",
+    "weighted_tracklet_features",
+    "fuse_with_tracklet",
+    "image_to_track_distances",
+]
+
+# Query rows per chunk in weighted_tracklet_features: about this many (query, gallery) cells.
+_CHUNK_CELLS = 1 << 22
+
+
+def _features(name: str, x, dim: int | None = None) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n, dim) of features, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name} has feature dim {arr.shape[1]}, expected {dim}")
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or Inf: expected finite features")
+    return arr.astype(np.float32, copy=False)
+
+
+def _trackids(name: str, trackids, n: int, of: str) -> np.ndarray:
+    arr = np.asarray(trackids)
+    if arr.ndim != 1 or len(arr) != n:
+        raise ValueError(
+            f"{name} must be a 1-D array with one track id per row of {of} ({n}), got shape {arr.shape}"
+        )
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer track ids, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if (arr < 0).any():
+        raise ValueError(
+            f"{name} has {int((arr < 0).sum())} images without a track id (-1): tracklet steps "
+            "need a track id >= 0 for every image"
+        )
+    return arr
+
+
+def _track_table(name: str, track_ids) -> np.ndarray:
+    arr = np.asarray(track_ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of track ids, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer track ids, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if len(np.unique(arr)) != len(arr):
+        raise ValueError(f"{name} must hold each track id once")
+    return arr
+
+
+def _positions(table: np.ndarray, ids: np.ndarray, name: str, table_name: str) -> np.ndarray:
+    """Index into ``table`` (unique, any order) of every id; ValueError for ids not in it."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(table) == 0:
+        raise ValueError(f"{table_name} is empty but {name} refers to tracks")
+    order = np.argsort(table, kind="stable")
+    sorted_table = table[order]
+    pos = np.minimum(np.searchsorted(sorted_table, ids), len(table) - 1)
+    missing = sorted_table[pos] != ids
+    if missing.any():
+        raise ValueError(
+            f"{name} holds track ids {np.unique(ids[missing])[:10].tolist()} that are not in "
+            f"{table_name}"
+        )
+    return order[pos]
+
+
+def _indicator(codes: np.ndarray, n_tracks: int, weights=None) -> scipy.sparse.csr_matrix:
+    """Sparse (n_tracks, n_images) matrix with ``weights`` (default 1) at (code_j, j)."""
+    n = len(codes)
+    data = np.ones(n, dtype=np.float64) if weights is None else weights
+    return scipy.sparse.csr_matrix((data, (codes, np.arange(n))), shape=(n_tracks, n))
+
+
+def average_tracklet_features(
+    features, trackids, normalize: bool = False  # seed 001 eq. 3: plain mean, no re-normalising
+) -> tuple[np.ndarray, np.ndarray]:
+    """AF, seed 001 eq. 3: f_T = (1/|T|) Σ_j f_{T,j} for every track T.
+
+    Returns ``(track_ids, track_features)``: the sorted unique track ids (T,) and float32 (T, dim)
+    features, L2-normalised only when ``normalize``.
+    """
+    x = _features("features", features)
+    tid = _trackids("trackids", trackids, x.shape[0], "features")
+    track_ids, codes = np.unique(tid, return_inverse=True)
+    codes = codes.ravel()
+    counts = np.bincount(codes, minlength=len(track_ids)).astype(np.float64)
+    tf = np.asarray(_indicator(codes, len(track_ids)) @ x.astype(np.float64)) / counts[:, None]
+    tf = tf.astype(np.float32).reshape(len(track_ids), x.shape[1])
+    return track_ids, (l2_normalize(tf) if normalize and len(tf) else tf)
+
+
+def weighted_tracklet_features(
+    query,
+    gallery,
+    g_trackids,
+    threshold: float = 0.6,  # seed 003 released code (track_ranking, squared dist); seed 001 paper: 0.2
+    eps: float = 0.01,  # seed 001 eq. 4: W = 1 / (A + 0.01)
+    *,
+    normalize: bool = False,  # seeds 001/003 (paper and code) use f_T unnormalised
+    chunk: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """WF, seed 001 eqs. 4–5 / seed 003: query-weighted tracklet features.
+
+    For every gallery track T (D = query × T squared distances):
+    1. the queries whose minimum distance to T's images is ``< threshold``; if none, the
+       queries at the minimum of those minima (the nearest query, ties kept, as in the code);
+    2. A_j = mean over those queries of D[q, j], for each image j of T;
+    3. W_j = 1 / (A_j + eps), normalised to sum 1 within T;
+    4. f_T = Σ_j W_j f_j (L2-normalised only when ``normalize``).
+
+    Distances are computed in query chunks of ``chunk`` rows (two passes; memory O(chunk × G)).
+    Returns ``(track_ids, track_features)`` with sorted unique track ids, float32 features.
+    """
+    q = _features("query", query)
+    g = _features("gallery", gallery, dim=q.shape[1])
+    tid = _trackids("g_trackids", g_trackids, g.shape[0], "gallery")
+    if not (np.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if q.shape[0] == 0:
+        raise ValueError("query is empty: weighted tracklet features need at least one query")
+    if chunk is None:
+        chunk = max(1, _CHUNK_CELLS // max(1, g.shape[0]))
+    elif int(chunk) != chunk or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    chunk = int(chunk)
+    track_ids, codes = np.unique(tid, return_inverse=True)
+    codes = codes.ravel()
+    n_tracks = len(track_ids)
+    if n_tracks == 0:
+        return track_ids, np.zeros((0, g.shape[1]), dtype=np.float32)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(n_tracks))
+
+    # Pass 1: min distance of every query to every track, (Q, T).
+    track_min = np.empty((q.shape[0], n_tracks), dtype=np.float32)
+    for s in range(0, q.shape[0], chunk):
+        d = pairwise_sq_distances(q[s : s + chunk], g)
+        track_min[s : s + chunk] = np.minimum.reduceat(d[:, order], starts, axis=1)
+    selected = track_min < threshold
+    none = ~selected.any(axis=0)
+    if none.any():
+        sub = track_min[:, none]
+        selected[:, none] = sub == sub.min(axis=0, keepdims=True)
+    n_sel = selected.sum(axis=0).astype(np.float64)
+
+    # Pass 2: A_j = mean distance of image j to its track's selected queries.
+    acc = np.zeros(g.shape[0], dtype=np.float64)
+    for s in range(0, q.shape[0], chunk):
+        d = pairwise_sq_distances(q[s : s + chunk], g)
+        acc += np.einsum("ij,ij->j", d, selected[s : s + chunk][:, codes], dtype=np.float64)
+    a = acc / n_sel[codes]
+    w = 1.0 / (a + eps)
+    w /= np.bincount(codes, weights=w, minlength=n_tracks)[codes]
+    tf = np.asarray(_indicator(codes, n_tracks, w) @ g.astype(np.float64)).astype(np.float32)
+    return track_ids, (l2_normalize(tf) if normalize else tf)
+
+
+def fuse_with_tracklet(
+    features,
+    trackids,
+    track_ids,
+    track_features,
+    beta: float = 0.0005,  # seed 003 §3.2 (UDA pseudo-labels); tune for post-processing
+    normalize: bool = True,
+) -> np.ndarray:
+    """Seed 003 eq. 3: f̂ = β f + (1 − β) t, t = the feature of the image's track.
+
+    ``track_ids`` (T,) / ``track_features`` (T, dim) come from :func:`average_tracklet_features`
+    or :func:`weighted_tracklet_features`. The result (float32, (N, dim)) is L2-normalised
+    unless ``normalize=False``.
+    """
+    x = _features("features", features)
+    tid = _trackids("trackids", trackids, x.shape[0], "features")
+    table = _track_table("track_ids", track_ids)
+    tf = _features("track_features", track_features, dim=x.shape[1])
+    if tf.shape[0] != len(table):
+        raise ValueError(
+            f"track_features has {tf.shape[0]} rows, expected one per track id ({len(table)})"
+        )
+    if not (np.isfinite(beta) and 0.0 <= beta <= 1.0):
+        raise ValueError(f"beta must be a number in [0, 1], got {beta!r}")
+    pos = _positions(table, tid, "trackids", "track_ids")
+    out = (beta * x.astype(np.float64) + (1.0 - beta) * tf[pos].astype(np.float64)).astype(np.float32)
+    return l2_normalize(out) if normalize else out
+
+
+def image_to_track_distances(dist_q_track, g_trackids, track_ids) -> np.ndarray:
+    """Image-to-track ranking (seed 001 §3.4): every gallery image gets its track's distance.
+
+    ``dist_q_track`` (Q, T) holds query-to-track distances with columns in ``track_ids`` order;
+    returns the (Q, G) block ``dist_q_track[:, track of g]`` (same dtype).
+    """
+    d = np.asarray(dist_q_track)
+    table = _track_table("track_ids", track_ids)
+    if d.ndim != 2 or d.shape[1] != len(table):
+        raise ValueError(
+            f"dist_q_track must have shape (Q, len(track_ids)={len(table)}), got {d.shape}"
+        )
+    if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
+        raise ValueError(f"dist_q_track must hold real numbers, got dtype {d.dtype}")
+    gt = np.asarray(g_trackids)
+    if gt.ndim != 1:
+        raise ValueError(f"g_trackids must be a 1-D array of track ids, got shape {gt.shape}")
+    tid = _trackids("g_trackids", gt, len(gt), "the gallery")
+    pos = _positions(table, tid, "g_trackids", "track_ids")
+    return d[:, pos]
