@@ -55,7 +55,8 @@ class LossConfig(StrictModel):
     center_weight: float = Field(0.0, ge=0, description="center loss beta (000: 5e-4; 001/003 drop it)")
     color_weight: float = Field(1.0, ge=0, description="attribute CE weight alpha (000: 1)")
     type_weight: float = Field(1.0, ge=0, description="attribute CE weight beta (000: 1)")
-    als: bool = Field(False, description="AGNet attribute label smoothing loss (004) instead of plain ID CE")
+    als: bool = Field(False, description="AGNet attribute label smoothing (004) on the ID logits; it includes "
+                                         "its own CE term, so set id_weight 0 to use it instead of plain CE")
 
 
 class AugmentConfig(StrictModel):

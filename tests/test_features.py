@@ -1,0 +1,176 @@
+"""Ray Data extraction into Parquet feature stores: equality with a plain loop, TTA, faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from vreid.config import load_config
+from vreid.data import split_table
+from vreid.data.dataset import ReIDImageDataset
+from vreid.data.transforms import build_test_transform
+from vreid.features.extract import extract_features
+from vreid.features.store import SUCCESS, StoreError, load_features, store_uri
+from vreid.features.tta import make_view, tta_outputs
+from vreid.models import build_model
+from vreid.models.trained import export_trained_model, read_trained_meta
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_city, tiny_manifest, ray_session):
+    """A run dir with an (untrained) attribute model exported like the launcher does."""
+    tmp = tmp_path_factory.mktemp("extract")
+    cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp / 'run'}", f"data.root={tiny_city}"])
+    cfg.models = cfg.models[1:]  # 'attr': resnet10t with colour / type heads
+    torch.manual_seed(0)
+    args = dict(backbone="resnet10t", head="attribute", task="reid", num_classes=5, input_size=[48, 48],
+                num_colors=10, num_types=7)
+    model = build_model(**{**args, "input_size": (48, 48)}).eval()
+    export_trained_model(model.state_dict(), args, {"key": "k", "name": "attr"}, Path(cfg.run_dir) / "models" / "attr")
+    uris = extract_features(cfg, tiny_manifest, "test")
+    return cfg, uris["attr"], model
+
+
+def _plain_forward(model, manifest, split, views):
+    rows = split_table(manifest, split)
+    from vreid.data import dataset_root
+
+    ds = ReIDImageDataset(rows, dataset_root(manifest), build_test_transform((48, 48)), labels={})
+    loader = torch.utils.data.DataLoader(ds, batch_size=17)
+    feats, colors = [], []
+    for b in loader:
+        out = tta_outputs(model, b["image"], views, 0.9)
+        feats.append(out["feature"])
+        colors.append(out["color_prob"])
+    return torch.cat(feats).numpy(), torch.cat(colors).numpy()
+
+
+def test_two_actors_equal_plain_forward(run, tiny_manifest):
+    cfg, uri, model = run
+    for split in ("query", "gallery"):
+        feats, extra, meta = load_features(uri, tiny_manifest, split)
+        ref, ref_color = _plain_forward(model, tiny_manifest, split, cfg.extract.tta)
+        assert feats.dtype == np.float32 and feats.flags.c_contiguous
+        np.testing.assert_allclose(feats, ref, atol=1e-5)
+        np.testing.assert_allclose(extra["color_prob"], ref_color, atol=1e-5)
+        assert extra["type_prob"].shape == (feats.shape[0], 7)
+    assert meta["dim"] == feats.shape[1] and meta["task"] == "reid" and meta["tta"] == cfg.extract.tta
+    assert meta["checkpoint_sha256"] == read_trained_meta(Path(cfg.run_dir) / "models" / "attr")["sha256"]
+
+
+def test_tta_is_mean_of_views_then_normalised():
+    torch.manual_seed(0)
+    model = build_model("test_resnet", num_classes=3, input_size=(32, 32)).eval()
+    x = torch.rand(4, 3, 32, 32)
+    views = ["original", "flip", "crop", "crop_flip"]
+    with torch.no_grad():
+        mean = sum(model(make_view(x, v, 0.9))["feature"] for v in views) / 4
+    got = tta_outputs(model, x, views)["feature"]
+    torch.testing.assert_close(got, torch.nn.functional.normalize(mean, dim=1), atol=1e-6, rtol=0)
+    assert torch.equal(make_view(x, "flip", 0.9), x.flip(-1))
+    with pytest.raises(ValueError, match="unknown TTA view"):
+        make_view(x, "rotate", 0.9)
+
+
+def test_store_readable_with_plain_pyarrow_and_pandas(run, tiny_manifest):
+    _, uri, _ = run
+    files = sorted(Path(uri).glob("*.parquet"))
+    assert files and (Path(uri) / SUCCESS).is_file()
+    table = pq.read_table(uri)
+    n = sum(split_table(tiny_manifest, s).num_rows for s in ("query", "gallery"))
+    assert table.num_rows == n
+    assert pa.types.is_fixed_size_list(table.schema.field("feature").type)
+    df = pd.read_parquet(uri)
+    assert set(df["split"]) == {"query", "gallery"} and df["image_id"].is_unique
+    assert np.allclose(np.linalg.norm(np.stack(df["feature"].to_numpy()), axis=1), 1, atol=1e-5)
+
+
+def test_rerun_skips_complete_store(run, tiny_manifest):
+    cfg, uri, _ = run
+    before = (Path(uri) / SUCCESS).read_text()
+    extract_features(cfg, tiny_manifest, "test")
+    assert (Path(uri) / SUCCESS).read_text() == before
+
+
+def test_interrupted_extraction_rerun_one_row_per_image(run, tiny_manifest, tmp_path):
+    cfg, uri, _ = run
+    import shutil
+
+    other = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / 'run2'}", f"data.root={cfg.data.root}"])
+    other.models = cfg.models
+    shutil.copytree(Path(cfg.run_dir) / "models", Path(other.run_dir) / "models")
+    dst = Path(store_uri(other.run_dir, "attr"))
+    # what an interrupted run leaves: parts without _SUCCESS in the store and in its temp dir
+    for d in (dst, Path(f"{dst}.tmp")):
+        d.mkdir(parents=True)
+        shutil.copy(sorted(Path(uri).glob("*.parquet"))[0], d / "part-stale.parquet")
+    with pytest.raises(StoreError, match="no complete feature store"):
+        load_features(str(dst), tiny_manifest, "query")
+    extract_features(other, tiny_manifest, "test")
+    df = pd.read_parquet(dst)
+    assert df["image_id"].is_unique
+    assert len(df) == sum(split_table(tiny_manifest, s).num_rows for s in ("query", "gallery"))
+    assert not Path(f"{dst}.tmp").exists()
+
+
+def _copy_store(uri, tmp_path, **meta_update):
+    import shutil
+
+    dst = tmp_path / "store"
+    shutil.copytree(uri, dst)
+    meta = json.loads((dst / SUCCESS).read_text())
+    meta.update(meta_update)
+    (dst / SUCCESS).write_text(json.dumps(meta))
+    return str(dst)
+
+
+def test_refusals(run, tiny_manifest, tmp_path):
+    _, uri, _ = run
+    with pytest.raises(StoreError, match="schema version 99"):
+        load_features(_copy_store(uri, tmp_path / "a", schema_version=99), tiny_manifest, "query")
+    with pytest.raises(StoreError, match="the model changed, re-extract"):
+        load_features(uri, tiny_manifest, "query", expect_sha256="0" * 64)
+    fewer = tiny_manifest.slice(0, tiny_manifest.num_rows - 1)
+    with pytest.raises(StoreError, match="rows for split 'gallery'"):
+        load_features(uri, fewer if fewer.num_rows else tiny_manifest, "gallery")
+
+
+def test_nan_feature_refused(run, tiny_manifest, tmp_path):
+    _, uri, _ = run
+    dst = Path(_copy_store(uri, tmp_path))
+    part = sorted(dst.glob("*.parquet"))[0]
+    t = pq.read_table(part)
+    feats = np.stack(t.column("feature").to_numpy(zero_copy_only=False)).astype(np.float32)
+    feats[0, 0] = np.nan
+    from vreid.features.store import to_fixed_list
+
+    t = t.set_column(t.schema.get_field_index("feature"), "feature", to_fixed_list(feats))
+    pq.write_table(t, part)
+    split = t.column("split")[0].as_py()
+    with pytest.raises(StoreError, match="has NaN or Inf"):
+        load_features(str(dst), tiny_manifest, split)
+
+
+def test_checkpoint_that_does_not_match_config(run, tmp_path):
+    from vreid.models.trained import load_trained_model
+
+    cfg, _, _ = run
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(Path(cfg.run_dir) / "models" / "attr", d)
+    meta = json.loads((d / "model.json").read_text())
+    meta["build_args"]["backbone"] = "resnet18"
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="weights do not match the model"):
+        load_trained_model(d)
+    (d / "model.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        load_trained_model(d)

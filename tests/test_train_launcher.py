@@ -1,0 +1,114 @@
+"""The Ray Train launcher: concurrent models, resume after a killed worker, bad input fails fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vreid.config import load_config
+from vreid.models.trained import load_trained_model
+from vreid.train.launcher import InfeasibleResources, train_models
+
+
+def _cfg(tmp_path, tiny_city, *extra):
+    return load_config("configs/tiny.yaml", [f"run_dir={tmp_path / 'run'}", f"data.root={tiny_city}", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_city, ray_session):
+    """The tiny config's two models (one on 2 workers) plus a third whose loss becomes NaN."""
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = _cfg(tmp, tiny_city, "models.0.recipe.0.epochs=4", "models.1.recipe.0.epochs=4")
+    nan_model = cfg.models[1].model_copy(update={"name": "diverges"})
+    nan_model.recipe = [nan_model.recipe[0].model_copy(update={"optimizer": "sgd", "lr": 1e30})]
+    cfg.models = [*cfg.models, nan_model]
+    from vreid.data import load_manifest
+
+    manifest = load_manifest(tiny_city, "synth")
+    return cfg, manifest, {r.name: r for r in train_models(cfg, manifest)}
+
+
+def test_models_train_concurrently_and_learn(trained):
+    cfg, _, results = trained
+    for name in ("r18", "attr"):
+        r = results[name]
+        assert r.status == "trained", r.error
+        model, meta = load_trained_model(r.model_dir)
+        history = meta["history"]
+        assert [h["epoch"] for h in history] == [-1, 0, 1, 2, 3]
+        assert history[-1]["val_mAP"] > history[0]["val_mAP"], f"{name}: no better than at initialisation"
+        assert history[-1]["id"] < history[1]["id"]
+    assert "color_prob" in load_trained_model(results["attr"].model_dir)[0](
+        __import__("torch").zeros(2, 3, 48, 48))
+    # the two trainers ran at the same time: their checkpoint time ranges overlap
+    spans = []
+    for name in ("r18", "attr"):
+        stamps = sorted(p.stat().st_mtime for p in (Path(cfg.run_dir) / "train" / "ray").glob(f"{name}-*/checkpoint_*"))
+        spans.append((stamps[0], stamps[-1]))
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]
+
+
+def test_nan_loss_stops_only_that_model(trained):
+    _, _, results = trained
+    assert results["diverges"].status == "failed"
+    assert "NaN" in results["diverges"].error
+    assert results["r18"].status == "trained"
+
+
+def test_rerun_skips_finished_models(trained):
+    cfg, manifest, _ = trained
+    cfg.models = cfg.models[:2]
+    t0 = time.perf_counter()
+    again = train_models(cfg, manifest)
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    assert time.perf_counter() - t0 < 10
+
+
+def test_killed_worker_resumes_from_checkpoint(tmp_path, tiny_city, tiny_manifest, ray_session):
+    from ray.util.state import list_actors
+
+    cfg = _cfg(tmp_path, tiny_city, "models.0.recipe.0.epochs=5", "train.max_failures=2")
+    cfg.models = cfg.models[:1]
+    out: dict = {}
+    th = threading.Thread(target=lambda: out.update(r=train_models(cfg, tiny_manifest)))
+    th.start()
+    ckpts = Path(cfg.run_dir) / "train" / "ray"
+    deadline = time.monotonic() + 300
+    while not list(ckpts.glob("r18-*/checkpoint_*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+    assert workers, "no live training worker to kill"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    th.join(timeout=600)
+    result = out["r"][0]
+    assert result.status == "trained", result.error
+    history = load_trained_model(result.model_dir)[1]["history"]
+    epochs = [h["epoch"] for h in history]
+    assert epochs == [-1, 0, 1, 2, 3, 4], "every finished epoch kept once, none lost"
+    resumed = [h["resumed_from_epoch"] for h in history if "resumed_from_epoch" in h]
+    assert resumed and resumed[0] >= 0
+
+
+def test_infeasible_resources_fail_fast(tmp_path, tiny_city, tiny_manifest, ray_session):
+    cfg = _cfg(tmp_path, tiny_city, "models.0.scaling.cpus_per_worker=16")
+    t0 = time.perf_counter()
+    with pytest.raises(InfeasibleResources, match=r"model 'r18' asks for 2 worker\(s\) x 16 CPU"):
+        train_models(cfg, tiny_manifest)
+    assert time.perf_counter() - t0 < 10
+    gpu = _cfg(tmp_path, tiny_city, "models.0.scaling.use_gpu=true", "models.0.scaling.gpus_per_worker=1")
+    with pytest.raises(InfeasibleResources, match="GPU"):
+        train_models(gpu, tiny_manifest)
+
+
+def test_bad_model_config_fails_before_workers(tmp_path, tiny_city, tiny_manifest, ray_session):
+    with pytest.raises(ValueError, match=r"model 'r18'.*resnet18"):
+        train_models(_cfg(tmp_path, tiny_city, "models.0.backbone=resnet18x"), tiny_manifest)
+    with pytest.raises(ValueError, match=r"P x K = 40 x 4 on 2 worker\(s\) needs 80 identities"):
+        train_models(_cfg(tmp_path, tiny_city, "models.0.recipe.0.p=40"), tiny_manifest)
+    assert not (tmp_path / "run" / "models").exists()

@@ -1,0 +1,123 @@
+"""Parquet feature stores (DESIGN.md, Feature store): layout, metadata, validated reads.
+
+``<run>/features/<model>/`` holds ``part-*.parquet`` (columns ``image_id``, ``split``,
+``feature`` as ``fixed_size_list<float32|float16>[dim]``, and ``color_prob`` / ``type_prob``
+where the model has those heads) and ``_SUCCESS.json``, written last. A directory without
+``_SUCCESS.json`` does not exist for readers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+SCHEMA_VERSION = 1
+SUCCESS = "_SUCCESS.json"
+STORE_SETS = {"test": "features", "val": "val_features"}
+
+
+class StoreError(ValueError):
+    """A feature store is missing, incomplete, or does not match what the caller expects."""
+
+
+def store_uri(run_dir: str, model: str, store_set: str = "test") -> str:
+    if store_set not in STORE_SETS:
+        raise ValueError(f"unknown store set '{store_set}'; expected one of {sorted(STORE_SETS)}")
+    return f"{str(run_dir).rstrip('/')}/{STORE_SETS[store_set]}/{model}"
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a URI such as ``s3://bucket/run``."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def read_success(uri: str) -> dict[str, Any] | None:
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(f"{path}/{SUCCESS}")
+    if info.type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(f"{path}/{SUCCESS}") as fh:
+        return json.loads(fh.read().decode())
+
+
+def write_success(uri: str, meta: dict[str, Any]) -> None:
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(f"{path}/{SUCCESS}") as fh:
+        fh.write(json.dumps(meta, indent=1).encode())
+
+
+def to_fixed_list(x: np.ndarray, dtype: str = "float32") -> pa.FixedSizeListArray:
+    """(N, D) array → ``fixed_size_list<dtype>[D]`` without a copy for contiguous float32."""
+    arr = np.ascontiguousarray(x, dtype=np.float16 if dtype == "float16" else np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+
+
+def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """``fixed_size_list`` column → contiguous float32 (N, D); zero-copy for one float32 chunk."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    dim = col.type.list_size
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def load_features(uri: str, manifest: pa.Table, split: str, expect_sha256: str | None = None,
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """Features of one split aligned to the manifest order of that split (``split_table``).
+
+    Returns (features float32 (N, D), extra columns such as ``color_prob`` as arrays, metadata).
+    Validates: the store is complete, its schema version is known, the checkpoint digest is the
+    expected one, every manifest row of the split has exactly one feature row, one dimension, no
+    NaN / Inf.
+    """
+    from vreid.data import split_table
+
+    meta = read_success(uri)
+    if meta is None:
+        raise StoreError(f"{uri}: no complete feature store here (missing {SUCCESS})")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(f"{uri}: schema version {meta.get('schema_version')} is not the known version "
+                         f"{SCHEMA_VERSION}; re-extract the store")
+    if expect_sha256 is not None and meta.get("checkpoint_sha256") != expect_sha256:
+        raise StoreError(f"{uri}: extracted from checkpoint {str(meta.get('checkpoint_sha256'))[:12]}..., "
+                         f"expected {expect_sha256[:12]}...; the model changed, re-extract the store")
+    fs, path = filesystem(uri)
+    data = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True)
+    table = data.to_table(filter=pc.field("split") == split)
+    rows = split_table(manifest, split)
+    want = rows.column("image_id")
+    if table.num_rows != rows.num_rows:
+        raise StoreError(f"{uri}: {table.num_rows} rows for split '{split}', the manifest has {rows.num_rows}")
+    ids = table.column("image_id")
+    pos = pc.index_in(want, value_set=ids)
+    if pos.null_count:
+        missing = want.filter(pc.is_null(pos))[0].as_py()
+        raise StoreError(f"{uri}: no feature for image '{missing}' of split '{split}'")
+    if pc.count_distinct(ids).as_py() != table.num_rows:
+        raise StoreError(f"{uri}: duplicate image_id rows in split '{split}'")
+    table = table.take(pos)
+    ftype = table.schema.field("feature").type
+    if not pa.types.is_fixed_size_list(ftype):
+        raise StoreError(f"{uri}: column 'feature' is {ftype}, expected fixed_size_list<float>[dim]")
+    if ftype.list_size != meta.get("dim"):
+        raise StoreError(f"{uri}: feature dim {ftype.list_size} differs from the recorded dim {meta.get('dim')}")
+    feats = fixed_list_to_numpy(table.column("feature"))
+    if not np.isfinite(feats).all():
+        bad = int(np.flatnonzero(~np.isfinite(feats).all(1))[0])
+        raise StoreError(f"{uri}: feature of '{want[bad].as_py()}' has NaN or Inf")
+    extra = {}
+    for name in ("color_prob", "type_prob"):
+        if name in table.column_names:
+            col = table.column(name).combine_chunks()
+            extra[name] = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
+                table.num_rows, -1)
+    return feats, extra, meta

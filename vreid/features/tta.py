@@ -1,0 +1,47 @@
+"""Test-time augmentation (seed 003): average the features of several views, then L2-normalise."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+VIEWS = ("original", "flip", "crop", "crop_flip")
+
+
+def make_view(images: torch.Tensor, view: str, crop_ratio: float) -> torch.Tensor:
+    """One view of a (B, C, H, W) batch: the image, its horizontal flip, its centre crop of
+    ``crop_ratio`` resized back to (H, W), or the flipped crop."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown TTA view '{view}'; expected one of {VIEWS}")
+    out = images
+    if view.startswith("crop"):
+        h, w = images.shape[-2:]
+        ch, cw = max(1, round(h * crop_ratio)), max(1, round(w * crop_ratio))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        out = F.interpolate(out[..., top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
+                            align_corners=False)
+    if view.endswith("flip"):
+        out = torch.flip(out, dims=[-1])
+    return out
+
+
+@torch.no_grad()
+def tta_outputs(model: torch.nn.Module, images: torch.Tensor, views: list[str] | tuple[str, ...],
+                crop_ratio: float = 0.9) -> dict[str, torch.Tensor]:
+    """Model outputs averaged over ``views``; ``feature`` is L2-normalised after averaging.
+
+    Attribute probabilities (``color_prob`` / ``type_prob``), where the model has them, are
+    averaged over the same views.
+    """
+    if not views:
+        raise ValueError("TTA needs at least one view")
+    sums: dict[str, torch.Tensor] = {}
+    for view in views:
+        out = model(make_view(images, view, crop_ratio))
+        for key in ("feature", "color_prob", "type_prob"):
+            if key in out:
+                v = out[key].float()
+                sums[key] = sums[key] + v if key in sums else v
+    result = {k: v / len(views) for k, v in sums.items()}
+    result["feature"] = F.normalize(result["feature"], dim=1)
+    return result

@@ -1,0 +1,220 @@
+"""Runs every model of a config as its own ``TorchTrainer`` (Ray Train V2), all at once.
+
+Each trainer's ``fit`` runs inside a zero-CPU Ray task so the trainers proceed concurrently;
+each has its own ``ScalingConfig`` and ``FailureConfig`` (restarts from the last checkpoint) and a
+storage name derived from the model's config, so a rerun of the same config resumes where it
+stopped and a finished model (``models/<name>/_SUCCESS.json`` with the same key) is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vreid.config import ModelConfig, RunConfig
+from vreid.data import dataset_root, split_table, validation_split, write_manifest
+from vreid.models.trained import SUCCESS, export_trained_model
+
+log = logging.getLogger("vreid.train")
+
+
+class InfeasibleResources(RuntimeError):
+    """The cluster cannot provide what a model's ScalingConfig asks for."""
+
+
+@dataclass
+class ModelResult:
+    name: str
+    status: str  # trained | skipped | failed
+    model_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def model_key(cfg: RunConfig, model: ModelConfig) -> str:
+    """What a trained model depends on: its own config, the data, the validation split and seed."""
+    payload = {"model": model.model_dump(mode="json", exclude={"weight", "scaling"}),
+               "data": cfg.data.model_dump(mode="json", exclude={"on_bad_image", "verify_images"}),
+               "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def training_manifest(cfg: RunConfig, manifest: pa.Table) -> pa.Table:
+    """Training rows plus, when configured, the validation query/gallery held out of them."""
+    v = cfg.data.validation
+    if v.num_ids > 0:
+        return validation_split(manifest, v.num_ids, v.queries_per_id, v.seed)
+    return split_table(manifest, "train")
+
+
+def check_resources(models: list[ModelConfig], wait_s: float = 0.0) -> None:
+    """Fail fast when a model's worker group can never be placed (Train V2 would wait forever).
+
+    With ``wait_s`` > 0 the autoscaler is asked for the bundles first and given that long.
+    """
+    import ray
+
+    need = [(m, {"CPU": m.scaling.cpus_per_worker, "GPU": m.scaling.gpus_per_worker if m.scaling.use_gpu else 0.0})
+            for m in models]
+    for m, _ in need:
+        if m.scaling.use_gpu and m.scaling.gpus_per_worker <= 0:
+            raise InfeasibleResources(f"model '{m.name}': use_gpu is true but scaling.gpus_per_worker is 0")
+    deadline = time.monotonic() + wait_s
+    if wait_s > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{k: v for k, v in b.items() if v} for m, b in need
+                                   for _ in range(m.scaling.num_workers)])
+    while True:
+        total = ray.cluster_resources()
+        missing = []
+        for m, bundle in need:
+            for res, amount in bundle.items():
+                want = amount * m.scaling.num_workers
+                if want > total.get(res, 0.0) + 1e-9:
+                    missing.append(f"model '{m.name}' asks for {m.scaling.num_workers} worker(s) x "
+                                   f"{amount:g} {res} = {want:g} {res}; the cluster has {total.get(res, 0.0):g}")
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            hint = "" if wait_s else " (set train.resource_wait_s to wait for an autoscaler)"
+            raise InfeasibleResources("; ".join(missing) + hint)
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+
+def preflight(models: list[ModelConfig], table: pa.Table) -> None:
+    """Errors a user can fix, raised before any worker starts: unknown backbone (with close timm
+    names), an input size the network cannot take, a P x K the training split cannot fill."""
+    from vreid.models import build_model
+    from vreid.train.loop import stage_rows
+
+    train = table.filter(pc.equal(table.column("split"), "train"))
+    for m in models:
+        try:
+            build_model(m.backbone, head=m.head, task=m.task, num_classes=2, input_size=tuple(m.input_size),
+                        num_colors=2 if m.head != "bnneck" else 0, num_types=2 if m.head != "bnneck" else 0,
+                        ibn=m.ibn, last_stride=m.last_stride, pooling=m.pooling, embedding_dim=m.embedding_dim)
+        except ValueError as exc:
+            raise ValueError(f"model '{m.name}': {exc}") from None
+        for stage in m.recipe:
+            rows = stage_rows(train, stage)
+            ids = len(pc.unique(rows.column("pid")))
+            if ids < stage.p * m.scaling.num_workers:
+                raise ValueError(
+                    f"model '{m.name}' stage '{stage.name}': P x K = {stage.p} x {stage.k} on "
+                    f"{m.scaling.num_workers} worker(s) needs {stage.p * m.scaling.num_workers} identities, "
+                    f"the training split has {ids}")
+
+
+def _fit(model_cfg: dict, loop_cfg: dict, storage: str, run_name: str, max_failures: int) -> dict[str, Any]:
+    """Body of the zero-CPU task that owns one trainer; returns the final checkpoint's state."""
+    import tempfile
+
+    import torch
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from vreid.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
+
+    m = ModelConfig.model_validate(model_cfg)
+    resources = {"CPU": m.scaling.cpus_per_worker}
+    if m.scaling.use_gpu:
+        resources["GPU"] = m.scaling.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**loop_cfg, "model": model_cfg},
+        scaling_config=ScalingConfig(num_workers=m.scaling.num_workers, use_gpu=m.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=run_name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # TrainingFailedError wraps the worker's exception
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    if result.metrics and result.metrics.get("status") == "nan_loss":
+        return {"error": f"loss became NaN/Inf in epoch {result.metrics['epoch']} "
+                         f"(stage {result.metrics['stage']}); lower the learning rate or check the data",
+                "metrics": result.metrics}
+    if result.checkpoint is None:
+        return {"error": "training reported no checkpoint"}
+    with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory():
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        history = json.loads((Path(d) / HISTORY_FILE).read_text())
+    return {"state_dict": state["model"], "build_args": json.loads(state["build_args"]),
+            "history": history, "metrics": result.metrics}
+
+
+def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = None) -> list[ModelResult]:
+    """Train every model of ``cfg`` concurrently; returns one result per model (none raises)."""
+    import ray
+
+    run_dir = Path(cfg.run_dir).resolve()
+    models = [m for m in cfg.models if only is None or m.name in only]
+    results: dict[str, ModelResult] = {}
+    todo = []
+    for m in models:
+        out, key = run_dir / "models" / m.name, model_key(cfg, m)
+        done = out / SUCCESS
+        if done.is_file() and json.loads(done.read_text()).get("key") == key:
+            results[m.name] = ModelResult(m.name, "skipped", out,
+                                          json.loads((out / "model.json").read_text()).get("final_metrics", {}))
+            log.info("model %s: already trained (%s), skipping", m.name, out)
+        else:
+            todo.append((m, key))
+    if not todo:
+        return [results[m.name] for m in models]
+    check_resources([m for m, _ in todo], cfg.train.resource_wait_s)
+    table = training_manifest(cfg, manifest)
+    preflight([m for m, _ in todo], table)
+    manifest_path = write_manifest(table, run_dir / "train" / "manifest.parquet")
+    loop_cfg = {"manifest_path": str(manifest_path), "dataset_root": str(dataset_root(manifest)),
+                "seed": cfg.seed, "num_threads": cfg.train.num_threads, "amp": cfg.train.amp,
+                "eval_every": cfg.train.eval_every, "eval_batch_size": cfg.train.eval_batch_size,
+                "loader_workers": cfg.train.loader_workers}
+    n_val = pc.sum(pc.not_equal(table.column("split"), "train")).as_py() or 0
+    storage = str(run_dir / "train" / "ray")
+    fit = ray.remote(num_cpus=0, max_retries=0)(_fit)
+    pending = {}
+    for m, key in todo:
+        log.info("model %s: %s/%s on %d worker(s) (use_gpu=%s, %g CPU, %g GPU each), %d epochs, "
+                 "%d validation images", m.name, m.backbone, m.head, m.scaling.num_workers, m.scaling.use_gpu,
+                 m.scaling.cpus_per_worker, m.scaling.gpus_per_worker if m.scaling.use_gpu else 0,
+                 sum(s.epochs for s in m.recipe), n_val)
+        ref = fit.remote(m.model_dump(mode="json"), loop_cfg, storage, f"{m.name}-{key}", cfg.train.max_failures)
+        pending[ref] = (m, key)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        m, key = pending.pop(done[0])
+        out = run_dir / "models" / m.name
+        try:
+            res = ray.get(done[0])
+        except Exception as exc:  # the task itself died
+            res = {"error": f"{type(exc).__name__}: {exc}"}
+        if "error" in res:
+            log.error("model %s failed: %s", m.name, res["error"])
+            results[m.name] = ModelResult(m.name, "failed", out, res.get("metrics") or {}, res["error"])
+            continue
+        final = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float, str))}
+        export_trained_model(res["state_dict"], res["build_args"],
+                             {"key": key, "name": m.name, "config": m.model_dump(mode="json"),
+                              "history": res["history"], "final_metrics": final}, out)
+        log.info("model %s: trained, written to %s (%s)", m.name, out,
+                 ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float)))
+        results[m.name] = ModelResult(m.name, "trained", out, final)
+    return [results[m.name] for m in models]
+
+
+def require_trained(results: list[ModelResult]) -> None:
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise RuntimeError("training failed for " + "; ".join(f"{r.name}: {r.error}" for r in failed))
+
