@@ -169,7 +169,8 @@ def main() -> None:
     do_base = args.baseline == "yes" or (args.baseline == "auto" and args.n <= 5000)
     do_knn = args.knn == "yes" or (args.knn == "auto" and args.n <= 50000)
     print(f"n={args.n} queries={args.queries} gallery={args.n - args.queries} dim={args.dim} "
-          f"k1={args.k1} k2={args.k2} lambda={args.lam} top_k={args.top_k} cores={os.cpu_count()}",
+          f"k1={args.k1} k2={args.k2} lambda={args.lam} top_k={args.top_k} cores={os.cpu_count()} "
+          f"loadavg={os.getloadavg()[0]:.2f}",
           flush=True)
     res: dict = {"n": args.n, "queries": args.queries, "dim": args.dim, "k1": args.k1,
                  "k2": args.k2, "lambda": args.lam, "top_k": args.top_k}
@@ -232,6 +233,7 @@ def main() -> None:
         if args.n >= 100000:
             targets["peak_rss<=4GB"] = parts["ours_topk"]["peak_rss_gb"] <= 4
     res["targets"] = targets
+    res["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res))
 
 

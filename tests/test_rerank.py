@@ -147,6 +147,10 @@ def test_graph_reuse_identical(feats):
         np.testing.assert_array_equal(reused, direct)
         cached = rerank_from_graph(graph, Q, k1, k2, lam, distance_fn=fd, query_gallery_dist=qg)
         np.testing.assert_array_equal(cached, direct)
+        no_fn = rerank_from_graph(
+            graph, Q, k1, k2, lam, query_gallery_dist=qg, pair_distance_fn=fd.pairs
+        )
+        np.testing.assert_array_equal(no_fn, direct)
         i1, v1 = rerank_from_graph(graph, Q, k1, k2, lam, top_k=25, distance_fn=fd)
         i2, v2 = k_reciprocal_rerank(q, g, k1, k2, lam, top_k=25)
         np.testing.assert_array_equal(i1, i2)
@@ -279,6 +283,10 @@ def test_bad_graph_and_distance_fn(feats):
         rerank_from_graph(graph, Q + G, 5, 2, 0.3, distance_fn=fd)
     with pytest.raises(ValueError, match="query_gallery_dist"):
         rerank_from_graph(graph, Q, 5, 2, 0.3, distance_fn=fd, query_gallery_dist=np.zeros((Q, 3)))
+    with pytest.raises(ValueError, match="distance_fn"):
+        rerank_from_graph(graph, Q, 5, 2, 0.3)
+    with pytest.raises(ValueError, match="outside the k-NN graph"):
+        rerank_from_graph(knn_graph(feats, 20), Q, 20, 6, 0.3, query_gallery_dist=np.zeros((Q, G)))
     with pytest.raises(ValueError, match="shape"):
         k_reciprocal_rerank_distances(lambda r: np.zeros((len(r), 5)), Q, G, 5, 2, 0.3)
     with pytest.raises(ValueError, match="NaN"):

@@ -3,16 +3,19 @@
 The k-reciprocal re-ranking of Zhong et al. 2017 ("Re-ranking Person Re-identification with
 k-reciprocal Encoding", CVPR) only needs, for every point of query+gallery, its k1+1 nearest
 neighbours (self included) and the maximum of its distance row (step 1 of METHODS.md). This
-module computes exactly that, one block of rows at a time, so memory is ``chunk x N``.
+module computes exactly that in one pass of tiled matrix products: the numpy backend walks
+symmetric ``tile x tile`` blocks (each product serves both its rows and, transposed, its
+columns, so half the flops of a full pass); torch (CPU/CUDA) and faiss walk ``chunk x N`` row
+blocks. Memory is one tile / row block plus O(N k).
 
-Exactness. Candidates come from a fast float32 matrix product (numpy BLAS, torch on CPU/CUDA, or
-faiss); every candidate distance is then recomputed in float64 (float32 products are exact in
-float64; error ~1e-15) and the final neighbours are chosen on the recomputed values. A rigorous bound ``err`` on the
-float32 error decides whether the candidate list provably holds every true neighbour; rows where
-it does not (e.g. more exact duplicates than candidates) are redone from the block with the
-radius ``v + err``. The result therefore does not depend on the backend, the chunk size or BLAS
-tiling. Ties are broken deterministically by the key ``(distance, j != i, j)``: self first among
-equal distances, then lower index.
+Exactness. Candidates (k+1+slack per row) come from the float32 products; each candidate
+distance is then recomputed in float64 (float32 products are exact in float64, |error| ~1e-15)
+and the neighbours are chosen on the recomputed values. A rigorous bound ``err`` on the float32
+error (Higham, |fl(x.y) - x.y| <= gamma_d |x||y|) proves that the candidates hold every true
+neighbour; rows where it cannot (e.g. more exact duplicates than candidates) are redone with
+every point within ``v + err``. The result therefore does not depend on the backend, the tile
+size or BLAS. Ties are broken deterministically by the key ``(distance, j != i, j)``: self first
+among equal distances, then lower index.
 """
 
 from __future__ import annotations
@@ -143,7 +146,10 @@ def resolve_backend(backend: str = "auto", device: str | None = None) -> tuple[s
             raise ValueError("knn backend 'numpy' runs on CPU only; use backend='torch' for CUDA")
         return "numpy", "cpu"
     if backend == "torch":
-        return "torch", device or "cpu"
+        device = device or "cpu"
+        if device != "cpu" and not _torch_cuda_available():
+            raise ValueError(f"knn device {device!r} requested but torch sees no CUDA device")
+        return "torch", device
     # faiss
     if device is None:
         device = "cuda" if _faiss_num_gpus() > 0 else "cpu"
@@ -166,12 +172,12 @@ def validate_features(x: np.ndarray, name: str = "features") -> np.ndarray:
             raise ValueError(f"{name} must be a float array, got dtype {x.dtype}")
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise ValueError(
-            f"{name} contains {int(bad.sum())} NaN/Inf value(s); first at row {r}, dim {c}"
-        )
+    step = max(1, 2**24 // x.shape[1])  # check in row chunks: no N x d boolean temporary
+    for s in range(0, x.shape[0], step):
+        bad = ~np.isfinite(x[s : s + step])
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise ValueError(f"{name} contains NaN/Inf values; first at row {s + r}, dim {c}")
     return np.ascontiguousarray(x)
 
 
@@ -274,7 +280,14 @@ def _merge_candidates(
             return
     rest = np.flatnonzero(~full)
     tn = t[rest] if nfull else t
-    li, lj = np.nonzero(tn < tr[rest][:, None])
+    mask = tn < tr[rest][:, None]
+    # 1-D flatnonzero in memory order is far faster than 2-D nonzero on sparse masks.
+    if mask.flags.c_contiguous or not mask.T.flags.c_contiguous:
+        li, lj = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    else:  # ``t`` is a transposed view: scan in memory order, then group by row
+        lj, li = np.divmod(np.flatnonzero(mask.T), mask.shape[0])
+        order = np.argsort(li, kind="stable")
+        li, lj = li[order], lj[order]
     if len(li) == 0:
         return
     counts = np.bincount(li, minlength=len(rest))
@@ -308,6 +321,15 @@ def _numpy_candidate_blocks(x32: np.ndarray, sq: np.ndarray, kc: int, tile: int)
         rmax[rows[better]] = mv[better]
         ramax[rows[better]] = cs + am[better]
 
+    def col_max(t: np.ndarray, rows: np.ndarray, cs: int) -> None:
+        # row max of t.T without transposing: reduce over axis 0, argmax only where it improves
+        mv = t.max(axis=0)
+        cols = np.flatnonzero(mv > rmax[rows])
+        if len(cols):
+            am = t[:, cols].argmax(axis=0)
+            rmax[rows[cols]] = mv[cols]
+            ramax[rows[cols]] = cs + am
+
     def fallback(r: int, radius: float) -> np.ndarray:
         row = sq32[r] + sq32 - np.float32(2.0) * (x32 @ x32[r])
         return np.flatnonzero(row <= radius)
@@ -326,9 +348,8 @@ def _numpy_candidate_blocks(x32: np.ndarray, sq: np.ndarray, kc: int, tile: int)
             _merge_candidates(t, s1, rows0, cand_i, cand_v, thr)
             if s1 != s0:
                 rows1 = np.arange(s1, e1)
-                tt = np.ascontiguousarray(t.T)
-                row_max(tt, rows1, s0)
-                _merge_candidates(tt, s0, rows1, cand_i, cand_v, thr)
+                col_max(t, rows1, s0)
+                _merge_candidates(t.T, s0, rows1, cand_i, cand_v, thr)
         yield rows0, cand_i[s0:e0], thr[s0:e0].astype(np.float64), ramax[s0:e0], (
             lambda r, radius, s0=s0: fallback(s0 + r, radius)
         )
@@ -420,9 +441,9 @@ def knn_graph(
 ) -> KNNGraph:
     """Exact k-NN graph (k+1 columns, self included) of ``features`` on squared Euclidean distance.
 
-    One pass of tiled matrix products (``chunk_size`` rows x N at a time) finds candidates and
-    each row's farthest point; candidates are re-scored in float64 (see the module
-    docstring). ``backend`` is ``numpy`` (BLAS), ``torch`` (``device`` ``cpu`` or ``cuda``),
+    One pass of tiled matrix products finds candidates and each row's farthest point
+    (``chunk_size``: the tile side for numpy, default 1024; rows per block for torch/faiss,
+    default from a 256 MiB budget); candidates are re-scored in float64 (module docstring). ``backend`` is ``numpy`` (BLAS), ``torch`` (``device`` ``cpu`` or ``cuda``),
     ``faiss`` (IndexFlatL2, GPU when faiss has GPUs) or ``auto``. ``slack`` extra candidates per
     row make the exactness check pass without a fallback in all but degenerate rows.
     """

@@ -126,11 +126,12 @@ def _pairs_from_rows(distance_fn: DistanceFn, n: int, chunk: int) -> PairFn:
     def pairs(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows), dtype=np.float64)
         urows, inv = np.unique(rows, return_inverse=True)
+        order = np.argsort(inv, kind="stable")
         for s in range(0, len(urows), chunk):
-            sel = np.flatnonzero((inv >= s) & (inv < s + chunk))
-            block = check_distance_block(
-                distance_fn(urows[s : s + chunk]), (len(urows[s : s + chunk]), n), "distance_fn(rows)"
-            )
+            part = urows[s : s + chunk]
+            lo, hi = np.searchsorted(inv[order], [s, s + len(part)])
+            sel = order[lo:hi]
+            block = check_distance_block(distance_fn(part), (len(part), n), "distance_fn(rows)")
             out[sel] = block[inv[sel] - s, cols[sel]]
         return out
 
@@ -234,7 +235,10 @@ def k_reciprocal_encode(
     miss = np.flatnonzero(~found)
     if len(miss):
         if pair_distance_fn is None:
-            raise ValueError("k_reciprocal_encode needs pair_distance_fn for pairs outside the graph")
+            raise ValueError(
+                f"{len(miss)} pairs of the expanded sets E(i) are outside the k-NN graph: "
+                "pass distance_fn or pair_distance_fn to compute their distances"
+            )
         extra = np.asarray(pair_distance_fn(er[miss], ec[miss]), dtype=np.float64)
         if extra.shape != (len(miss),) or not np.isfinite(extra).all():
             raise ValueError("pair_distance_fn returned a wrong shape or NaN/Inf distances")
@@ -300,7 +304,7 @@ def rerank_from_graph(
     lambda_value: float = LAMBDA_DEFAULT,
     top_k: int | None = None,
     *,
-    distance_fn: DistanceFn,
+    distance_fn: DistanceFn | None = None,
     pair_distance_fn: PairFn | None = None,
     query_gallery_dist: np.ndarray | None = None,
     chunk_size: int | None = None,
@@ -312,7 +316,8 @@ def rerank_from_graph(
     distances are redone. ``distance_fn(rows)`` returns raw distance rows over all N points
     (query first), e.g. a :class:`FeatureDistance`; a ``.block(rows, start, stop)`` method and a
     ``.pairs(rows, cols)`` method are used when present. ``query_gallery_dist`` (Q, G), raw,
-    replaces the distance_fn calls for the query x gallery part (cheap sweeps over lambda/k).
+    replaces the distance_fn calls for the query x gallery part (cheap sweeps over lambda/k);
+    with it and ``pair_distance_fn``, ``distance_fn`` may be None.
 
     Returns the (Q, G) float32 final distance, or with ``top_k=K`` ``(indices, distances)`` of
     shape (Q, K): the K smallest final distances per query (ties by d, then gallery index),
@@ -325,10 +330,12 @@ def rerank_from_graph(
     chunk = int(chunk_size) if chunk_size else auto_chunk_size(n, 40, RERANK_BLOCK_BYTES)
     if query_gallery_dist is not None:
         query_gallery_dist = check_distance_block(query_gallery_dist, (q, ng), "query_gallery_dist")
-    if pair_distance_fn is None:
+    if distance_fn is None and query_gallery_dist is None:
+        raise ValueError("rerank_from_graph needs distance_fn or query_gallery_dist")
+    if pair_distance_fn is None and distance_fn is not None:
         pair_distance_fn = getattr(distance_fn, "pairs", None) or _pairs_from_rows(distance_fn, n, chunk)
     v = k_reciprocal_encode(graph, k1, k2, pair_distance_fn)
-    block = _block_fn(distance_fn, n)
+    block = _block_fn(distance_fn, n) if distance_fn is not None else None
     denom = np.where(graph.row_max > 0, graph.row_max, 1.0)
 
     vq_all = v[:q]
