@@ -210,10 +210,16 @@ def exact_pair_sqdist(
     p, c = c2.shape
     d = x.shape[1]
     dots = np.empty((p, c), dtype=np.float64)
-    step = max(1, max_elems // max(1, c * d))
-    for s in range(0, p, step):
-        e = min(p, s + step)
-        np.einsum("bcd,bd->bc", x[c2[s:e]], x[rows[s:e]], dtype=np.float64, out=dots[s:e])
+    if flat:  # small steps keep both gathered operands in cache
+        step = max(1, max_elems // (8 * d))
+        for s in range(0, p, step):
+            e = min(p, s + step)
+            np.einsum("pd,pd->p", x[rows[s:e]], x[cols[s:e]], dtype=np.float64, out=dots[s:e, 0])
+    else:
+        step = max(1, max_elems // max(1, c * d))
+        for s in range(0, p, step):
+            e = min(p, s + step)
+            np.einsum("bcd,bd->bc", x[c2[s:e]], x[rows[s:e]], dtype=np.float64, out=dots[s:e])
     out = sq[rows, None] + sq[c2]
     out -= 2.0 * dots
     np.maximum(out, 0.0, out=out)
@@ -235,10 +241,9 @@ def _select_exact_from_candidates(
 
 # ----------------------------------------------------------------------------- candidates
 
-# A candidate block: (rows, cand (b, kc) int64, thr (b,), argmax (b,), fallback) where every
-# non-candidate j of row r has approximate distance >= thr[r], and fallback(r_local, radius)
-# returns every j whose approximate distance is <= radius.
-_Block = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Callable[[int, float], np.ndarray]]
+# A candidate block: (rows, cand (b, kc) int, cval (b, kc) approximate distances, thr (b,),
+# argmax (b,)) where every non-candidate j of row r has approximate distance >= thr[r].
+_Block = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _combine(
@@ -330,10 +335,6 @@ def _numpy_candidate_blocks(x32: np.ndarray, sq: np.ndarray, kc: int, tile: int)
             rmax[rows[cols]] = mv[cols]
             ramax[rows[cols]] = cs + am
 
-    def fallback(r: int, radius: float) -> np.ndarray:
-        row = sq32[r] + sq32 - np.float32(2.0) * (x32 @ x32[r])
-        return np.flatnonzero(row <= radius)
-
     starts = list(range(0, n, tile))
     for bi, s0 in enumerate(starts):
         e0 = min(n, s0 + tile)
@@ -350,9 +351,7 @@ def _numpy_candidate_blocks(x32: np.ndarray, sq: np.ndarray, kc: int, tile: int)
                 rows1 = np.arange(s1, e1)
                 col_max(t, rows1, s0)
                 _merge_candidates(t.T, s0, rows1, cand_i, cand_v, thr)
-        yield rows0, cand_i[s0:e0], thr[s0:e0].astype(np.float64), ramax[s0:e0], (
-            lambda r, radius, s0=s0: fallback(s0 + r, radius)
-        )
+        yield rows0, cand_i[s0:e0], cand_v[s0:e0], thr[s0:e0].astype(np.float64), ramax[s0:e0]
 
 
 def _torch_candidate_blocks(
@@ -372,20 +371,12 @@ def _torch_candidate_blocks(
             g = (xt[s:e] * -2.0) @ xt.T  # a_ij = |x_j|^2 - 2 x_i.x_j = d_ij - |x_i|^2
             g.add_(sqt[None, :])
             amax = g.argmax(dim=1).cpu().numpy()
-            if kc < n:
-                v, c = torch.topk(g, kc, dim=1, largest=False, sorted=False)
-                thr = v.max(dim=1).values.double().cpu().numpy() + sq[s:e]
-                cand = c.cpu().numpy().astype(np.int64)
-            else:
-                cand = np.broadcast_to(np.arange(n), (e - s, n))
-                thr = np.full(e - s, np.inf)
-
-            def fallback(r: int, radius: float, g=g, s=s) -> np.ndarray:
-                lim = float(radius - sq[s + r])
-                return torch.nonzero(g[r] <= lim).flatten().cpu().numpy().astype(np.int64)
-
-            yield rows, cand, thr, amax, fallback
-            del g
+            v, c = torch.topk(g, min(kc, n), dim=1, largest=False, sorted=False)
+            cval = v.double().cpu().numpy() + sq[s:e, None]
+            thr = cval.max(axis=1)
+            cand = c.cpu().numpy().astype(np.int64)
+            del g, v, c
+            yield rows, cand, cval, thr, amax
     finally:
         torch.set_float32_matmul_precision(prev)
 
@@ -410,21 +401,13 @@ def _faiss_candidate_blocks(
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         rows = np.arange(s, e)
-        if kc < n:
-            dist, cand = index.search(x32[s:e], kc)
-            thr = dist.max(axis=1).astype(np.float64)
-            cand = cand.astype(np.int64)
-        else:
-            cand = np.broadcast_to(np.arange(n), (e - s, n))
-            thr = np.full(e - s, np.inf)
+        dist, cand = index.search(x32[s:e], kc)
+        cval = dist.astype(np.float64)
+        thr = cval.max(axis=1)
+        cand = cand.astype(np.int64)
         q = np.hstack([-2.0 * x32[s:e], np.ones((e - s, 1), np.float32)])
         _, amax = far.search(q, 1)
-
-        def fallback(r: int, radius: float, s=s) -> np.ndarray:
-            row = sq32[s + r] + sq32 - 2.0 * (x32 @ x32[s + r])
-            return np.flatnonzero(row <= radius)
-
-        yield rows, cand, thr, amax[:, 0].astype(np.int64), fallback
+        yield rows, cand, cval, thr, amax[:, 0].astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -482,26 +465,37 @@ def knn_graph(
     else:
         blocks = _faiss_candidate_blocks(x32, sq, kc, chunk, device)
 
-    indices = np.empty((n, kk), dtype=np.int64)
-    distances = np.empty((n, kk), dtype=np.float64)
-    row_max = np.empty(n, dtype=np.float64)
-    for rows, cand, thr, amax, fallback in blocks:
-        cand = np.ascontiguousarray(cand, dtype=np.int64)
-        if kc >= n:  # every point is a candidate: nothing can be missing
-            thr = np.full(len(rows), np.inf)
-        vals = exact_pair_sqdist(x, rows, cand, sq)
-        sel_i, sel_d = _select_exact_from_candidates(vals, cand, rows, kk)
-        # Provably complete iff every non-candidate is farther than the kk-th exact value.
-        redo = np.flatnonzero(~(sel_d[:, -1] + err[rows] < thr))
-        for r in redo:
-            c = fallback(int(r), float(sel_d[r, -1] + err[rows[r]]))
-            c = np.union1d(c, cand[r])
-            v = exact_pair_sqdist(x, np.full(1, rows[r]), c[None, :], sq)
-            i2, d2 = _select_exact_from_candidates(v, c[None, :], rows[r : r + 1], kk)
-            sel_i[r], sel_d[r] = i2[0], d2[0]
-        indices[rows] = sel_i
-        distances[rows] = sel_d
-        row_max[rows] = exact_pair_sqdist(x, rows, np.asarray(amax, dtype=np.int64), sq)
+    cand = np.empty((n, kc), dtype=np.int64)
+    cval = np.empty((n, kc), dtype=np.float64)
+    thr = np.empty(n, dtype=np.float64)
+    amax = np.empty(n, dtype=np.int64)
+    for rows, c, cv, t, am in blocks:
+        cand[rows], cval[rows], thr[rows], amax[rows] = c, cv, t, am
+    if kc >= n:  # every point is a candidate: nothing can be missing
+        thr[:] = np.inf
+    # Only candidates whose approximate value is within 2 err of the kk-th can be among the kk
+    # nearest (the others are provably farther): re-score those, each symmetric pair once.
+    order = np.argsort(cval, axis=1)
+    cand = np.take_along_axis(cand, order, 1)
+    cval = np.take_along_axis(cval, order, 1)
+    need = cval <= (cval[:, kk - 1] + 2.0 * err)[:, None]
+    pi = np.repeat(np.arange(n, dtype=np.int64), np.count_nonzero(need, axis=1))
+    pj = cand[need]
+    keys, inv = np.unique(np.minimum(pi, pj) * n + np.maximum(pi, pj), return_inverse=True)
+    vals = np.full((n, kc), np.inf)
+    vals[need] = exact_pair_sqdist(x, keys // n, keys % n, sq)[inv]
+    rows = np.arange(n)
+    indices, distances = _select_exact_from_candidates(vals, cand, rows, kk)
+    # Provably complete iff every non-candidate is farther than the kk-th exact value; else redo
+    # the row with every point whose approximate distance is within v + err.
+    sq32 = sq.astype(np.float32)
+    for r in np.flatnonzero(~(distances[:, -1] + err < thr)):
+        approx = sq32[r] + sq32 - np.float32(2.0) * (x32 @ x32[r])
+        c = np.union1d(np.flatnonzero(approx <= distances[r, -1] + err[r]), cand[r][need[r]])
+        v = exact_pair_sqdist(x, np.full(1, r), c[None, :], sq)
+        i2, d2 = _select_exact_from_candidates(v, c[None, :], rows[r : r + 1], kk)
+        indices[r], distances[r] = i2[0], d2[0]
+    row_max = exact_pair_sqdist(x, rows, amax, sq)
     return KNNGraph(indices, distances.astype(np.float32), row_max)
 
 
