@@ -22,7 +22,7 @@ keep the order of d even when lambda = 0.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,12 +49,12 @@ __all__ = [
     "LAMBDA_DEFAULT",
 ]
 
-# Paper defaults (Zhong et al. 2017, Sec. 4: k1=20, k2=6, lambda=0.3). Callers (the config layer)
+# The paper's settings (Zhong et al. 2017: k1=20, k2=6, lambda=0.3). Callers (the config layer)
 # pass their own values; these are only the argument defaults.
 K1_DEFAULT = 20
 K2_DEFAULT = 6
 LAMBDA_DEFAULT = 0.3
-# The "2/3" of step 3 (Zhong et al. 2017, Sec. 3.3), kept in the original's float form.
+# The "2/3" of the step-3 expansion rule (Zhong et al. 2017), in the released code's float form.
 EXPANSION_OVERLAP = 2.0 / 3
 # Upper bound on the (query, column, gallery) triples of one Jaccard chunk (memory ~ 48 B each).
 JACCARD_TRIPLES_PER_CHUNK = 4_000_000
