@@ -20,22 +20,13 @@ from vreid.features.extract import extract_features
 from vreid.features.store import SUCCESS, StoreError, load_features, store_uri
 from vreid.features.tta import make_view, tta_outputs
 from vreid.models import build_model
-from vreid.models.trained import export_trained_model, read_trained_meta
+from vreid.models.trained import read_trained_meta
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_city, tiny_manifest, ray_session):
-    """A run dir with an (untrained) attribute model exported like the launcher does."""
-    tmp = tmp_path_factory.mktemp("extract")
-    cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp / 'run'}", f"data.root={tiny_city}"])
-    cfg.models = cfg.models[1:]  # 'attr': resnet10t with colour / type heads
-    torch.manual_seed(0)
-    args = dict(backbone="resnet10t", head="attribute", task="reid", num_classes=5, input_size=[48, 48],
-                num_colors=10, num_types=7)
-    model = build_model(**{**args, "input_size": (48, 48)}).eval()
-    export_trained_model(model.state_dict(), args, {"key": "k", "name": "attr"}, Path(cfg.run_dir) / "models" / "attr")
-    uris = extract_features(cfg, tiny_manifest, "test")
-    return cfg, uris["attr"], model
+def run(tiny_stores):
+    cfg, models = tiny_stores
+    return cfg, store_uri(cfg.run_dir, "attr"), models["attr"]
 
 
 def _plain_forward(model, manifest, split, views):
@@ -104,7 +95,7 @@ def test_interrupted_extraction_rerun_one_row_per_image(run, tiny_manifest, tmp_
     import shutil
 
     other = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / 'run2'}", f"data.root={cfg.data.root}"])
-    other.models = cfg.models
+    other.models = cfg.models[:1]
     shutil.copytree(Path(cfg.run_dir) / "models", Path(other.run_dir) / "models")
     dst = Path(store_uri(other.run_dir, "attr"))
     # what an interrupted run leaves: parts without _SUCCESS in the store and in its temp dir

@@ -66,14 +66,14 @@ class FeatureExtractor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         import torch
 
-        from vreid.features.tta import tta_outputs
+        from vreid.features.tta import PROB_COLUMNS, tta_outputs
 
         images = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32)).to(self.device)
         out = tta_outputs(self.model, images, self.views, self.crop_ratio)
         cols = {"image_id": pa.array(batch["image_id"].tolist(), pa.string()),
                 "split": pa.array(batch["split"].tolist(), pa.string()),
                 "feature": to_fixed_list(out["feature"].cpu().numpy(), self.dtype)}
-        for key in ("color_prob", "type_prob"):
+        for key in PROB_COLUMNS:
             if key in out:
                 p = out[key].cpu().numpy().astype(np.float32)
                 cols[key] = pa.array(list(p), type=pa.list_(pa.float32()))

@@ -115,7 +115,9 @@ def load_features(uri: str, manifest: pa.Table, split: str, expect_sha256: str |
         bad = int(np.flatnonzero(~np.isfinite(feats).all(1))[0])
         raise StoreError(f"{uri}: feature of '{want[bad].as_py()}' has NaN or Inf")
     extra = {}
-    for name in ("color_prob", "type_prob"):
+    from vreid.features.tta import PROB_COLUMNS
+
+    for name in PROB_COLUMNS:
         if name in table.column_names:
             col = table.column(name).combine_chunks()
             extra[name] = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(

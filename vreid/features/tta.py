@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 VIEWS = ("original", "flip", "crop", "crop_flip")
+PROB_COLUMNS = ("color_prob", "type_prob", "camera_prob")  # per-image class probabilities written to stores
 
 
 def make_view(images: torch.Tensor, view: str, crop_ratio: float) -> torch.Tensor:
@@ -30,15 +31,15 @@ def tta_outputs(model: torch.nn.Module, images: torch.Tensor, views: list[str] |
                 crop_ratio: float = 0.9) -> dict[str, torch.Tensor]:
     """Model outputs averaged over ``views``; ``feature`` is L2-normalised after averaging.
 
-    Attribute probabilities (``color_prob`` / ``type_prob``), where the model has them, are
-    averaged over the same views.
+    Class probabilities (``color_prob`` / ``type_prob`` / ``camera_prob``), where the model has
+    them, are averaged over the same views.
     """
     if not views:
         raise ValueError("TTA needs at least one view")
     sums: dict[str, torch.Tensor] = {}
     for view in views:
         out = model(make_view(images, view, crop_ratio))
-        for key in ("feature", "color_prob", "type_prob"):
+        for key in ("feature", *PROB_COLUMNS):
             if key in out:
                 v = out[key].float()
                 sums[key] = sums[key] + v if key in sums else v

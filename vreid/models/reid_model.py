@@ -79,7 +79,10 @@ class ReIDModel(nn.Module):
         out = self.head(self.backbone(images))
         if self.training:
             return {k: v for k, v in out.items() if k != "feature"}
-        return {"feature": out["feature"], **softmax_probs(out)}
+        probs = softmax_probs(out)
+        if self.task == "camera":  # predicted camera ids for camera verification (002/003)
+            probs["camera_prob"] = torch.softmax(out["logits"], dim=1)
+        return {"feature": out["feature"], **probs}
 
     def reset_classifier(self, num_classes: int, init_weights: torch.Tensor | None = None) -> None:
         """Replace the ID classifier (two-stage learning stage II, seed 002; UDA pseudo-labels,

@@ -116,13 +116,11 @@ def preflight(models: list[ModelConfig], table: pa.Table) -> None:
 
 def _fit(model_cfg: dict, loop_cfg: dict, storage: str, run_name: str, max_failures: int) -> dict[str, Any]:
     """Body of the zero-CPU task that owns one trainer; returns the final checkpoint's state."""
-    import tempfile
-
     import torch
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from vreid.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
+    from vreid.train.loop import HISTORY_FILE, STATE_FILE, STATUS_FILE, train_loop_per_worker
 
     m = ModelConfig.model_validate(model_cfg)
     resources = {"CPU": m.scaling.cpus_per_worker}
@@ -140,16 +138,17 @@ def _fit(model_cfg: dict, loop_cfg: dict, storage: str, run_name: str, max_failu
         result = trainer.fit()
     except Exception as exc:  # TrainingFailedError wraps the worker's exception
         return {"error": f"{type(exc).__name__}: {exc}"}
-    if result.metrics and result.metrics.get("status") == "nan_loss":
-        return {"error": f"loss became NaN/Inf in epoch {result.metrics['epoch']} "
-                         f"(stage {result.metrics['stage']}); lower the learning rate or check the data",
-                "metrics": result.metrics}
     if result.checkpoint is None:
         return {"error": "training reported no checkpoint"}
-    with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory():
+    with result.checkpoint.as_directory() as d:
+        if (Path(d) / STATUS_FILE).is_file():
+            status = json.loads((Path(d) / STATUS_FILE).read_text())
+            return {"error": f"loss became NaN/Inf in epoch {status['epoch']} (stage {status['stage']}); "
+                             "lower the learning rate or check the data"}
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
         history = json.loads((Path(d) / HISTORY_FILE).read_text())
     return {"state_dict": state["model"], "build_args": json.loads(state["build_args"]),
+            "class_ids": json.loads(state["class_ids"]),
             "history": history, "metrics": result.metrics}
 
 
@@ -206,6 +205,7 @@ def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = No
         final = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float, str))}
         export_trained_model(res["state_dict"], res["build_args"],
                              {"key": key, "name": m.name, "config": m.model_dump(mode="json"),
+                              "class_ids": res["class_ids"],
                               "history": res["history"], "final_metrics": final}, out)
         log.info("model %s: trained, written to %s (%s)", m.name, out,
                  ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float)))

@@ -26,6 +26,7 @@ from vreid.data.dataset import ReIDImageDataset, label_index
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
+STATUS_FILE = "status.json"
 
 
 def stage_rows(train: pa.Table, stage: StageConfig) -> pa.Table:
@@ -42,20 +43,18 @@ def stage_rows(train: pa.Table, stage: StageConfig) -> pa.Table:
     return rows
 
 
-def task_labels(rows: pa.Table, task: str) -> tuple[np.ndarray, int]:
-    """Class targets for the model's task: identity, camera, or orientation bin (003)."""
-    if task == "reid":
-        labels, classes = label_index(rows.column("pid").to_numpy())
-        return labels, len(classes)
-    if task == "camera":
-        labels, classes = label_index(rows.column("camid").to_numpy())
-        return labels, len(classes)
+def task_labels(rows: pa.Table, task: str) -> tuple[np.ndarray, list[int]]:
+    """Class targets for the model's task: identity, camera, or orientation bin (003), and the
+    raw id of each class (pid, camid, or bin index)."""
+    if task in ("reid", "camera"):
+        labels, classes = label_index(rows.column("pid" if task == "reid" else "camid").to_numpy())
+        return labels, classes.tolist()
     deg = rows.column("orientation").to_numpy(zero_copy_only=False).astype(np.float32)
     if not np.isfinite(deg).any():
         raise ValueError("task 'orientation' needs orientation labels; the training rows have none")
     from vreid.models import ORIENTATION_BINS, orientation_to_bin
 
-    return np.asarray(orientation_to_bin(deg, ORIENTATION_BINS), dtype=np.int64), ORIENTATION_BINS
+    return np.asarray(orientation_to_bin(deg, ORIENTATION_BINS), dtype=np.int64), list(range(ORIENTATION_BINS))
 
 
 def lr_factor(epoch: int, stage: StageConfig) -> float:
@@ -125,6 +124,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
+            if (Path(d) / STATUS_FILE).is_file():  # the last run of this config stopped on a NaN loss
+                ray.train.report({"status": "nan_loss"}, checkpoint=ckpt if rank == 0 else None)
+                return
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
             history = json.loads((Path(d) / HISTORY_FILE).read_text())
         start_epoch = int(state["epoch"]) + 1
@@ -136,7 +138,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         si = int(np.searchsorted(bounds, epoch, side="right") - 1)
         stage = mcfg.recipe[si]
         rows = stage_rows(train, stage)
-        labels, num_classes = task_labels(rows, mcfg.task)
+        labels, class_ids = task_labels(rows, mcfg.task)
+        num_classes = len(class_ids)
         attr = _attr_labels(rows)
         num_colors = int(max(attr["color"].max() + 1, 1)) if mcfg.head != "bnneck" else 0
         num_types = int(max(attr["vtype"].max() + 1, 1)) if mcfg.head != "bnneck" else 0
@@ -220,9 +223,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update({k: v / max(n_batches, 1) for k, v in sums.items()})
             if ckpt is not None and epoch == start_epoch:
                 metrics["resumed_from_epoch"] = start_epoch - 1
-            if nan:
-                metrics["status"] = "nan_loss"
-                ray.train.report(metrics)
+            if nan:  # stop this model only; the status travels in a checkpoint so the launcher sees it
+                with tempfile.TemporaryDirectory() as tmp:
+                    Path(tmp, STATUS_FILE).write_text(json.dumps({"status": "nan_loss", "epoch": epoch,
+                                                                  "stage": stage.name}))
+                    ray.train.report({"epoch": epoch, "status": "nan_loss"},
+                                     checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
                 return
             last = epoch == total - 1
             if rank == 0 and len(val) and (last or (epoch + 1) % config["eval_every"] == 0):
@@ -234,7 +240,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                 "criterion": criterion.state_dict(), "epoch": epoch, "stage": si,
                                 "num_classes": num_classes,
-                                "build_args": json.dumps({**build_args, "num_classes": num_classes})},
+                                "build_args": json.dumps({**build_args, "num_classes": num_classes}),
+                                "class_ids": json.dumps(class_ids)},
                                os.path.join(tmp, STATE_FILE))
                     Path(tmp, HISTORY_FILE).write_text(json.dumps(history))
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)

@@ -1,1 +1,1 @@
-
+"""Ray Tune sweeps of post-processing hyperparameters."""

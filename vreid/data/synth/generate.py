@@ -110,7 +110,7 @@ def plan(preset: SynthPreset, seed: int) -> dict[str, Any]:
                     "scale": float(min(0.98, s0 * (1 + 0.03 * f))),
                     "shift": (float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04))),
                     "bg_offset": (int(rng.integers(0, preset.image_size)), int(rng.integers(0, preset.image_size))),
-                    "occlusion": occ,
+                    "occlusion": occ, "margin": float(rng.uniform(*preset.box_margin)),
                 })
             track[part] += 1
             t += float(rng.uniform(*preset.travel_time_s))
@@ -151,7 +151,7 @@ def render_chunk(records: list[dict[str, Any]], vehicles: list[Vehicle], cameras
         rng = np.random.default_rng([seed, im["index"]])
         rgb, mask = render_vehicle(vehicles[im["pid"]], cameras[im["camid"] - 1], im["yaw"], im["pitch"],
                                    im["scale"], im["shift"], im["bg_offset"], im["occlusion"],
-                                   preset.image_size, preset.noise, rng)
+                                   preset.image_size, preset.noise, rng, im["margin"])
         folder = _FOLDER[im["part"]]
         Image.fromarray(rgb).save(out / folder / im["name"], quality=preset.jpeg_quality)
         Image.fromarray(mask).save(out / "masks" / folder / im["name"].replace(".jpg", ".png"))

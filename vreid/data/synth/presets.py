@@ -20,14 +20,15 @@ class SynthPreset(BaseModel):
     color_skew: float = Field(1.2, ge=0, description="Zipf-like skew of colour frequencies (white/black common)")
     detail_prob: float = Field(0.6, ge=0, le=1, description="chance of each per-identity detail (stripe, decal, roof box)")
     # camera bias
-    color_cast: float = Field(0.18, ge=0, le=0.5, description="max per-channel gain deviation of a camera")
-    brightness: tuple[float, float] = (0.65, 1.25)
+    color_cast: float = Field(0.08, ge=0, le=0.5, description="max per-channel gain deviation of a camera")
+    brightness: tuple[float, float] = (0.75, 1.2)
     blur: tuple[float, float] = (0.0, 1.1)
     resolution: tuple[float, float] = (0.45, 1.0)
     yaw_range: float = Field(70.0, ge=0, le=360, description="spread of viewing angles at one camera, degrees")
     pitch: tuple[float, float] = (8.0, 40.0)
     # per image
     scale: tuple[float, float] = (0.62, 0.95)
+    box_margin: tuple[float, float] = Field((0.03, 0.15), description="detector box margin around the vehicle")
     occlusion_prob: float = Field(0.15, ge=0, le=1)
     noise: float = Field(4.0, ge=0, description="pixel noise std, 0..255 scale")
     # time
@@ -39,7 +40,7 @@ class SynthPreset(BaseModel):
     @model_validator(mode="after")
     def _ranges(self) -> SynthPreset:
         for name in ("cameras_per_id", "frames_per_track", "brightness", "blur", "resolution", "pitch",
-                     "scale", "travel_time_s"):
+                     "scale", "box_margin", "travel_time_s"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: range ({lo}, {hi}) is inverted")
@@ -52,7 +53,7 @@ class SynthPreset(BaseModel):
 
 PRESETS: dict[str, SynthPreset] = {
     # tests: a few hundred images, seconds
-    "tiny": SynthPreset(num_train_ids=16, num_test_ids=10, num_cameras=4, cameras_per_id=(2, 3),
+    "tiny": SynthPreset(num_train_ids=40, num_test_ids=10, num_cameras=4, cameras_per_id=(2, 3),
                         frames_per_track=(3, 5), image_size=48, chunk_images=200),
     # the main job: >= 150 identities, >= 6 cameras, >= 6,000 images
     "demo": SynthPreset(num_train_ids=160, num_test_ids=100, num_cameras=8, cameras_per_id=(3, 5),

@@ -144,7 +144,7 @@ def _parts(vehicle: Vehicle):
 
 def render_vehicle(vehicle: Vehicle, camera: Camera, yaw: float, pitch: float, scale: float,
                    shift: tuple[float, float], bg_offset: tuple[int, int], occlusion: tuple | None,
-                   size: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   size: int, noise: float, rng: np.random.Generator, margin: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
     """Return (RGB uint8 (size, size, 3), mask uint8 (size, size), 255 = visible vehicle)."""
     s = max(16, int(round(size * camera.resolution)))  # low-resolution cameras render small
     ss = 2 * s  # supersampling
@@ -187,11 +187,16 @@ def render_vehicle(vehicle: Vehicle, camera: Camera, yaw: float, pitch: float, s
     y0, x0 = bg_offset
     bgimg = Image.fromarray(bg[y0:y0 + size, x0:x0 + size]).resize((ss, ss), Image.BILINEAR)
     img = Image.composite(canvas, bgimg, mask)
+    # a detector's box: the vehicle's extent plus a margin, stretched to the crop size
+    left, top, right, bottom = mask.getbbox() or (0, 0, ss, ss)
+    mx, my = margin * (right - left), margin * (bottom - top)
+    box = (max(0, int(left - mx)), max(0, int(top - my)), min(ss, int(right + mx) + 1), min(ss, int(bottom + my) + 1))
+    img, mask = img.crop(box).resize((ss, ss), Image.BILINEAR), mask.crop(box).resize((ss, ss), Image.NEAREST)
     if occlusion is not None:  # a pole or a passing object in front of the vehicle
         ox, oy, ow, oh, rgb = occlusion
-        box = [ox * ss, oy * ss, (ox + ow) * ss, (oy + oh) * ss]
-        ImageDraw.Draw(img).rectangle(box, fill=tuple(rgb))
-        mdraw.rectangle(box, fill=0)
+        rect = [ox * ss, oy * ss, (ox + ow) * ss, (oy + oh) * ss]
+        ImageDraw.Draw(img).rectangle(rect, fill=tuple(rgb))
+        ImageDraw.Draw(mask).rectangle(rect, fill=0)
     img = img.resize((s, s), Image.LANCZOS)
     mask = mask.resize((s, s), Image.BILINEAR)
     if camera.blur > 0:

@@ -1,0 +1,142 @@
+"""The post-processing pipeline: ablation rows, order and input checks, and the end-to-end run
+from tiny stores to rankings.parquet, track2.txt and metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from vreid.config import PostprocessConfig
+from vreid.eval import read_submission
+from vreid.postprocess.actor import load_inputs, postprocess_run
+from vreid.postprocess.pipeline import (
+    PostprocessError,
+    PostprocessInputs,
+    Side,
+    ablation_table,
+    run_postprocess,
+)
+
+
+def _city(seed=0, n_ids=12, per_cam=3, cams=3, dim=16, cam_shift=0.6, noise=1.0):
+    """Clustered identities seen by cameras that add their own offset (camera bias), in tracks."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_ids, dim))
+    offsets = rng.normal(size=(cams, dim)) * cam_shift
+    feats, pids, camids, tracks = [], [], [], []
+    for p in range(n_ids):
+        for c in range(cams):
+            for _ in range(per_cam):
+                feats.append(centers[p] + offsets[c] + rng.normal(scale=noise, size=dim))
+                pids.append(p)
+                camids.append(c)
+                tracks.append(p * cams + c)
+    feats = np.asarray(feats, np.float32)
+    pids, camids, tracks = map(np.asarray, (pids, camids, tracks))
+    is_q = np.zeros(len(pids), bool)
+    is_q[::per_cam * 2] = True  # one query per (identity, camera) every other visit
+
+    def side(mask):
+        n = int(mask.sum())
+        return Side(np.asarray([f"img{i}" for i in np.flatnonzero(mask)], object), np.arange(n, dtype=np.int32),
+                    pids[mask].astype(np.int32), camids[mask].astype(np.int32),
+                    tracks[mask].astype(np.int64),
+                    np.arange(n, dtype=np.float64))
+
+    q, g = side(is_q), side(~is_q)
+    q.trackids[:] = -1
+    color = np.eye(4, dtype=np.float32)[pids % 4]
+    return PostprocessInputs(query=q, gallery=g, features={"m": (feats[is_q], feats[~is_q])},
+                             extras={"m": {"color_prob": (color[is_q], color[~is_q])}},
+                             tasks={"m": "reid"}, weights={"m": 1.0})
+
+
+def _cfg(*steps, **ens):
+    return PostprocessConfig.model_validate({"ensemble": ens, "steps": list(steps), "top_k": 20})
+
+
+def test_ablation_one_row_per_step_in_order():
+    inputs = _city()
+    cfg = _cfg({"step": "camera_bias"}, {"step": "tracklet"}, {"step": "rerank", "k1": 6, "k2": 2},
+               {"step": "attribute_constraint", "delta_type": 0, "delta_color": 0.5},
+               {"step": "camera_verification"}, {"step": "group_rerank", "theta": 0.5}, attribute_model="m")
+    res = run_postprocess(inputs, cfg)
+    assert [r["step"] for r in res.ablation] == ["ensemble", "camera_bias", "tracklet", "rerank",
+                                                 "attribute_constraint", "camera_verification", "group_rerank"]
+    maps = [r["mAP"] for r in res.ablation]
+    assert maps[1] > maps[0], "camera-bias removal helps on camera-shifted features"
+    assert maps[2] > maps[1], "tracklet features help on tracks"
+    assert maps[3] > maps[2], "re-ranking helps"
+    assert res.indices.shape == (len(inputs.query.pids), 20)
+    assert len(ablation_table(res.ablation).splitlines()) == 8
+
+
+def test_cache_reuses_features_and_graph():
+    inputs = _city()
+    cache: dict = {}
+    a = run_postprocess(inputs, _cfg({"step": "camera_bias"}, {"step": "rerank", "k1": 6, "k2": 2}), cache)
+    graph = next(v for k, v in cache.items() if k[0] == "graph")
+    b = run_postprocess(inputs, _cfg({"step": "camera_bias"}, {"step": "rerank", "k1": 5, "k2": 3}), cache)
+    assert next(v for k, v in cache.items() if k[0] == "graph") is graph
+    c = run_postprocess(inputs, _cfg({"step": "camera_bias"}, {"step": "rerank", "k1": 5, "k2": 3}))
+    np.testing.assert_array_equal(b.indices, c.indices)
+    assert not np.array_equal(a.distances, b.distances)
+
+
+@pytest.mark.parametrize("steps,ens,match", [
+    ([{"step": "rerank"}, {"step": "camera_bias"}], {}, "feature steps .* must come before"),
+    ([{"step": "attribute_constraint"}], {}, "needs ensemble.attribute_model"),
+    ([{"step": "bias_fusion"}], {}, "needs ensemble.camera_model"),
+    ([{"step": "bias_fusion"}], {"camera_model": "m"}, "has task 'reid', expected 'camera'"),
+    ([], {"models": ["nope"]}, "names 'nope', which has no feature store"),
+    ([{"step": "camera_verification", "predicted": True}], {}, "needs ensemble.camera_model with a camera_prob"),
+])
+def test_bad_configs_fail_before_work(steps, ens, match):
+    with pytest.raises(PostprocessError, match=match):
+        run_postprocess(_city(), _cfg(*steps, **ens))
+
+
+def test_track_steps_need_tracks():
+    inputs = _city()
+    inputs.gallery.trackids[3] = -1
+    with pytest.raises(PostprocessError, match="tracklet needs a track id for every gallery image; 1 have none"):
+        run_postprocess(inputs, _cfg({"step": "tracklet"}))
+
+
+def test_parameters_out_of_range_and_unknown_steps():
+    with pytest.raises(ValueError, match="lambda_value"):
+        _cfg({"step": "rerank", "lambda_value": 2})
+    with pytest.raises(ValueError, match="does not match any of the expected tags"):
+        _cfg({"step": "unknown"})
+
+
+def test_end_to_end_from_tiny_stores(tiny_stores, tiny_manifest):
+    cfg, _ = tiny_stores
+    cfg = cfg.model_copy(deep=True)
+    cfg.postprocess.ensemble.models = ["attr"]
+    cfg.postprocess.ensemble.camera_model = "cam"
+    cfg.postprocess.steps = [*cfg.postprocess.steps[:-1],
+                             PostprocessConfig.model_validate({"steps": [
+                                 {"step": "camera_verification", "predicted": True},
+                                 {"step": "group_rerank", "theta": 0.5}]}).steps[0],
+                             cfg.postprocess.steps[-1]]
+    out = postprocess_run(cfg)
+    res = Path(out["out_dir"])
+    inputs = load_inputs(cfg, tiny_manifest)
+    nq, ng = len(inputs.query.pids), len(inputs.gallery.pids)
+    ranks = read_submission(res / "track2.txt", num_gallery=ng, num_queries=nq)
+    assert ranks.shape == (nq, min(100, ng))
+    table = pq.read_table(res / "rankings.parquet")
+    assert table.num_rows == nq and table.column("query_order").to_pylist() == list(range(nq))
+    first = table.column("gallery_orders")[0].as_py()
+    assert ranks[0].tolist() == first[: ranks.shape[1]]
+    metrics = json.loads((res / "metrics.json").read_text())
+    steps = [r["step"] for r in metrics["ablation"]]
+    assert steps == ["ensemble", "camera_bias", "tracklet", "rerank", "attribute_constraint",
+                     "camera_verification", "camera_verification", "group_rerank"]
+    assert all(0 <= r["mAP"] <= 1 for r in metrics["ablation"])
+    assert not list(res.parent.glob(".*tmp*")), "no half-written result directory left"

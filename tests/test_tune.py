@@ -1,0 +1,110 @@
+"""Ray Tune sweeps: better-or-equal than defaults, a YAML the post-processing job accepts,
+restore after an interrupted sweep, and bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vreid.config import PostprocessConfig, RunConfig, load_config
+from vreid.tune.sweep import SweepError, apply_params, run_sweep
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_postprocess_pipeline import _city  # noqa: E402
+
+BASE = {"ensemble": {"attribute_model": "m"},
+        "steps": [{"step": "camera_bias"}, {"step": "rerank", "k1": 20, "k2": 6, "lambda_value": 0.3},
+                  {"step": "attribute_constraint", "delta_type": 0.0, "delta_color": 0.0}]}
+SPACE = {"rerank.k1": {"type": "int", "low": 3, "high": 12}, "rerank.k2": {"type": "int", "low": 1, "high": 4},
+         "rerank.lambda_value": {"type": "float", "low": 0.1, "high": 0.9},
+         "attribute_constraint.delta_color": {"type": "float", "low": 0.0, "high": 1.0},
+         "camera_bias": {"type": "switch"}}
+
+
+def _cfg(tmp_path, **tune):
+    return RunConfig.model_validate({"run_dir": str(tmp_path / "run"), "postprocess": BASE,
+                                     "tune": {"num_samples": 6, "max_concurrent_trials": 2, **tune,
+                                              "space": tune.get("space", SPACE)}})
+
+
+def test_sweep_beats_defaults_and_writes_yaml(tmp_path, ray_session):
+    cfg = _cfg(tmp_path)
+    out = run_sweep(cfg, _city())
+    assert out["best_score"] >= out["default_score"]
+    assert out["num_trials"] == 6
+    best = load_config(Path(out["out_dir"]) / "best_postprocess.yaml", model=PostprocessConfig)
+    assert best == out["best_config"]
+    assert (Path(out["out_dir"]) / "trials.csv").stat().st_size > 0
+    assert (Path(out["out_dir"]) / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    # the postprocess job's loader accepts it, and it scores what the sweep said
+    from vreid.postprocess.pipeline import run_postprocess
+
+    assert run_postprocess(_city(), best, with_ablation=False).final["mAP"] == pytest.approx(out["best_score"])
+
+
+def test_apply_params_switches_and_sets():
+    base = PostprocessConfig.model_validate(BASE)
+    cfg = apply_params(base, {"rerank.k1": 7, "camera_bias": False})
+    assert [s.step for s in cfg.steps] == ["rerank", "attribute_constraint"] and cfg.steps[0].k1 == 7
+
+
+@pytest.mark.parametrize("space,match", [
+    ({"rerank.k1": {"type": "int", "low": 9, "high": 3}}, "inverted range"),
+    ({"rerank.k1": {"type": "int", "low": 3, "high": 3}}, "empty or inverted range"),
+    ({"tracklet.beta": {"type": "float", "low": 0, "high": 1}}, "names no step of the pipeline"),
+    ({"rerank.k3": {"type": "int", "low": 1, "high": 3}}, "has no parameter 'k3'"),
+    ({"warp.k": {"type": "int", "low": 1, "high": 3}}, "'warp' is not a post-processing step"),
+])
+def test_bad_spaces(tmp_path, space, match):
+    with pytest.raises((SweepError, ValueError), match=match):
+        run_sweep(_cfg(tmp_path, space=space), _city())
+
+
+def test_no_ground_truth(tmp_path):
+    inputs = _city()
+    inputs.query.pids[:] = -1
+    with pytest.raises(SweepError, match="no ground truth"):
+        run_sweep(_cfg(tmp_path), inputs)
+
+
+def test_all_trials_failing_writes_no_best(tmp_path, ray_session):
+    inputs = _city()
+    cfg = _cfg(tmp_path, num_samples=2, space={"rerank.k1": {"type": "int", "low": 200, "high": 300}})
+    with pytest.raises(SweepError, match="every trial failed; the first error: .*k1"):
+        run_sweep(cfg, inputs)
+    assert not list((tmp_path / "run").rglob("best_postprocess.yaml"))
+
+
+def test_restore_after_interrupted_sweep(tmp_path, ray_session):
+    cfg = _cfg(tmp_path, num_samples=8, max_concurrent_trials=1, search="random")
+    (tmp_path / "inputs.pkl").write_bytes(pickle.dumps(_city()))
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    script = (
+        "import pickle, sys, ray; from vreid.config import RunConfig; from vreid.tune.sweep import run_sweep\n"
+        f"ray.init(num_cpus=1, include_dashboard=False)\n"
+        f"cfg = RunConfig.model_validate_json(open(r'{tmp_path / 'cfg.json'}').read())\n"
+        f"run_sweep(cfg, pickle.load(open(r'{tmp_path / 'inputs.pkl'}', 'rb')))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    exp = tmp_path / "run" / "tune" / cfg.tune.name
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(exp.glob("*/result.json"))) < 2:
+        time.sleep(0.5)
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (exp / "best_postprocess.yaml").exists(), "interrupted before the end"
+    finished_before = sum(1 for p in exp.glob("*/result.json") if p.read_text().strip())
+    assert finished_before >= 1
+    out = run_sweep(cfg, _city())
+    assert out["num_trials"] == 8
+    assert json.loads((exp / "summary.json").read_text())["num_trials"] == 8
+    assert yaml.safe_load((exp / "best_postprocess.yaml").read_text())["steps"]

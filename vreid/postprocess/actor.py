@@ -1,0 +1,129 @@
+"""The ensemble / post-process actor: loads and validates the feature stores once, caches the
+ensemble and the k-NN graph, and serves ``run(postprocess_config)`` for the final run and for
+Tune trials. Also the writer of ``<run>/results/<name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vreid.config import PostprocessConfig, RunConfig
+from vreid.data import split_table
+from vreid.features.store import load_features, store_uri
+from vreid.models.trained import read_trained_meta
+from vreid.postprocess.pipeline import (
+    PostprocessInputs,
+    PostprocessResult,
+    Side,
+    ablation_table,
+    run_postprocess,
+)
+
+log = logging.getLogger("vreid.postprocess")
+
+
+def _side(rows: pa.Table) -> Side:
+    ts = rows.column("timestamp").to_numpy(zero_copy_only=False)
+    return Side(image_ids=np.asarray(rows.column("image_id").to_pylist(), dtype=object),
+                orders=rows.column("order").to_numpy(), pids=rows.column("pid").to_numpy(),
+                camids=rows.column("camid").to_numpy(), trackids=rows.column("trackid").to_numpy(),
+                timestamps=np.asarray(ts, dtype=np.float64))
+
+
+def load_inputs(cfg: RunConfig, manifest: pa.Table, store_set: str = "test") -> PostprocessInputs:
+    """Read every model's store for query and gallery, validated against the manifest and the
+    trained model's checkpoint digest."""
+    from vreid.train.launcher import training_manifest
+
+    table = training_manifest(cfg, manifest) if store_set == "val" else manifest
+    features, extras, tasks, weights, classes = {}, {}, {}, {}, {}
+    for m in cfg.models:
+        meta = read_trained_meta(Path(cfg.run_dir) / "models" / m.name)
+        uri = store_uri(cfg.run_dir, m.name, store_set)
+        qf, qx, smeta = load_features(uri, table, "query", expect_sha256=meta["sha256"])
+        gf, gx, _ = load_features(uri, table, "gallery", expect_sha256=meta["sha256"])
+        features[m.name] = (qf, gf)
+        extras[m.name] = {k: (qx[k], gx[k]) for k in qx}
+        tasks[m.name] = smeta["task"]
+        weights[m.name] = m.weight
+        if "class_ids" in meta:
+            classes[m.name] = meta["class_ids"]
+    return PostprocessInputs(query=_side(split_table(table, "query")), gallery=_side(split_table(table, "gallery")),
+                             features=features, extras=extras, tasks=tasks, weights=weights,
+                             camera_classes=classes)
+
+
+def write_results(inputs: PostprocessInputs, result: PostprocessResult, out_dir: str | Path,
+                  config: PostprocessConfig) -> Path:
+    """``rankings.parquet``, ``track2.txt``, ``metrics.json`` (+ the resolved config), atomically."""
+    from vreid.eval import write_submission
+
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    g = inputs.gallery
+    ids = g.image_ids[result.indices]
+    table = pa.table({
+        "query_id": pa.array(inputs.query.image_ids.tolist(), pa.string()),
+        "query_order": pa.array(inputs.query.orders, pa.int32()),
+        "gallery_ids": pa.array([list(r) for r in ids], pa.list_(pa.string())),
+        "gallery_orders": pa.array([list(r) for r in g.orders[result.indices]], pa.list_(pa.int32())),
+        "distances": pa.array(list(result.distances.astype(np.float32)), pa.list_(pa.float32())),
+    })
+    pq.write_table(table, tmp / "rankings.parquet")
+    order = np.argsort(inputs.query.orders, kind="stable")
+    write_submission(g.orders[result.indices][order], tmp / "track2.txt", num_gallery=len(g.orders))
+    metrics = {"name": config.name, "ablation": result.ablation, "final": result.final}
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (tmp / "postprocess.json").write_text(config.model_dump_json(indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+class PostprocessActor:
+    """Holds the loaded stores and the caches; use as ``ray.remote(PostprocessActor)``."""
+
+    def __init__(self, cfg: dict[str, Any], store_set: str = "test"):
+        from vreid.data import load_dataset
+
+        self.cfg = RunConfig.model_validate(cfg)
+        self.inputs = load_inputs(self.cfg, load_dataset(self.cfg.data), store_set)
+        self.cache: dict = {}
+
+    def inputs_ref(self) -> PostprocessInputs:
+        return self.inputs
+
+    def run(self, pcfg: dict[str, Any], out_dir: str | None = None) -> dict[str, Any]:
+        config = PostprocessConfig.model_validate(pcfg)
+        result = run_postprocess(self.inputs, config, self.cache)
+        if out_dir is not None:
+            write_results(self.inputs, result, out_dir, config)
+        return {"ablation": result.ablation, "final": result.final, "indices": result.indices,
+                "distances": result.distances}
+
+
+def postprocess_run(cfg: RunConfig, pcfg: PostprocessConfig | None = None, store_set: str = "test") -> dict:
+    """Start the actor, run ``pcfg`` (default: the config's), write ``<run>/results/<name>/``."""
+    import ray
+
+    pcfg = pcfg or cfg.postprocess
+    actor = ray.remote(num_cpus=1)(PostprocessActor).remote(cfg.model_dump(mode="json"), store_set)
+    out_dir = str(Path(cfg.run_dir).resolve() / "results" / pcfg.name)
+    out = ray.get(actor.run.remote(pcfg.model_dump(mode="json"), out_dir))
+    ray.kill(actor)
+    if out["ablation"]:
+        log.info("ablation (%s):\n%s", pcfg.name, ablation_table(out["ablation"]))
+    log.info("results written to %s", out_dir)
+    return {**out, "out_dir": out_dir}

@@ -1,0 +1,210 @@
+"""Ray Tune sweep of post-processing hyperparameters on the validation split.
+
+Every seed paper hand-picks k1/k2/λ, δ_t/δ_c, θ, α, β, λ1/λ2 and the WF threshold; here a
+``Tuner`` searches them (Optuna TPE when installed, random otherwise). The validation features
+and the k-NN graph for the largest k1 of the space are computed once and handed to every trial
+through the object store (``tune.with_parameters``); each trial only redoes the sparse
+re-ranking and the query x gallery steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vreid.config import STEP_NAMES, PostprocessConfig, RunConfig, SearchDimension, TuneConfig
+from vreid.postprocess.pipeline import FEATURE_STEPS, PostprocessInputs, prepare_cache, run_postprocess
+
+log = logging.getLogger("vreid.tune")
+
+
+class SweepError(ValueError):
+    """A search space or sweep that cannot run or produced no usable trial."""
+
+
+def check_space(base: PostprocessConfig, space: dict[str, SearchDimension]) -> None:
+    """Every key names a step of the base pipeline (and a parameter of that step)."""
+    present = {s.step: s for s in base.steps}
+    for key, dim in space.items():
+        step, _, param = key.partition(".")
+        if step not in STEP_NAMES:
+            raise SweepError(f"tune.space '{key}': '{step}' is not a post-processing step {STEP_NAMES}")
+        if step not in present:
+            raise SweepError(f"tune.space '{key}': names no step of the pipeline (steps: {list(present)}); "
+                             f"add '{step}' to postprocess.steps")
+        if not param and dim.type != "switch":
+            raise SweepError(f"tune.space '{key}': a bare step name needs type 'switch'")
+        if param and param not in type(present[step]).model_fields or param == "step":
+            raise SweepError(f"tune.space '{key}': step '{step}' has no parameter '{param}' "
+                             f"(parameters: {[f for f in type(present[step]).model_fields if f != 'step']})")
+
+
+def apply_params(base: PostprocessConfig, params: dict[str, Any]) -> PostprocessConfig:
+    """The base pipeline with ``step.param`` values set and switched-off steps removed."""
+    data = base.model_dump(mode="json")
+    off = set()
+    for key, value in params.items():
+        step, _, param = key.partition(".")
+        for s in data["steps"]:
+            if s["step"] == step:
+                if param:
+                    s[param] = value
+                elif not value:
+                    off.add(step)
+    data["steps"] = [s for s in data["steps"] if s["step"] not in off]
+    return PostprocessConfig.model_validate(data)
+
+
+def param_space(space: dict[str, SearchDimension]) -> dict[str, Any]:
+    from ray import tune
+
+    out = {}
+    for key, d in space.items():
+        if d.type == "int":
+            out[key] = tune.randint(int(d.low), int(d.high) + 1)
+        elif d.type == "float":
+            out[key] = tune.uniform(d.low, d.high)
+        elif d.type == "loguniform":
+            out[key] = tune.loguniform(d.low, d.high)
+        elif d.type == "choice":
+            out[key] = tune.choice(d.values)
+        else:
+            out[key] = tune.choice([True, False])
+    return out
+
+
+def largest_k(base: PostprocessConfig, space: dict[str, SearchDimension]) -> int:
+    """k of the shared k-NN graph: the largest k1 (and k2 - 1) any trial can ask for."""
+    ks = [max(s.k1, s.k2 - 1) for s in base.steps if s.step == "rerank"]
+    k1 = space.get("rerank.k1")
+    k2 = space.get("rerank.k2")
+    if k1 is not None:
+        ks.append(int(k1.high) if k1.type != "choice" else max(k1.values))
+    if k2 is not None:
+        ks.append((int(k2.high) if k2.type != "choice" else max(k2.values)) - 1)
+    return max(ks) if ks else 0
+
+
+def shared_cache(inputs: PostprocessInputs, base: PostprocessConfig, space: dict[str, SearchDimension]) -> dict:
+    """Feature states and k-NN graphs for every on/off combination of switched feature steps."""
+    switches = [k for k, d in space.items() if d.type == "switch" and k in FEATURE_STEPS]
+    k = largest_k(base, space)
+    cache: dict = {}
+    for combo in itertools.product([True, False], repeat=len(switches)):
+        cfg = apply_params(base, dict(zip(switches, combo)))
+        if k:
+            prepare_cache(inputs, cfg, cache, k)
+    return cache
+
+
+def _trial(params: dict[str, Any], inputs: PostprocessInputs, cache: dict, base: dict, metric: str) -> None:
+    from ray import tune
+
+    pcfg = apply_params(PostprocessConfig.model_validate(base), params)
+    result = run_postprocess(inputs, pcfg, dict(cache), with_ablation=False)
+    tune.report({k: v for k, v in result.final.items() if k != "step"})
+
+
+def _search_alg(tcfg: TuneConfig):
+    if tcfg.search in ("auto", "optuna"):
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+
+            import optuna  # noqa: F401
+        except ImportError:
+            if tcfg.search == "optuna":
+                raise SweepError("tune.search is 'optuna' but optuna is not installed (pip install optuna)") from None
+        else:
+            return OptunaSearch(metric=tcfg.metric, mode="max", seed=tcfg.seed)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=tcfg.seed)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def plot_scores(df, keys: list[str], metric: str, path: Path) -> None:
+    """Score against each parameter (one panel per parameter), for the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [f"config/{k}" for k in keys]
+    n = max(1, len(cols))
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+    for ax, col, key in zip(axes[0], cols, keys):
+        x = df[col].astype(float) if df[col].dtype != object else df[col].astype(str)
+        ax.scatter(x, df[metric], s=14, alpha=0.7)
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"validation {metric} per trial")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig | None = None) -> dict[str, Any]:
+    """Run (or resume) the sweep; write the best post-processing YAML, the trial table and a plot.
+
+    Returns ``{"best_config", "best_score", "default_score", "out_dir", "num_trials"}``.
+    """
+    from ray import tune
+
+    tcfg = cfg.tune
+    base = base or cfg.postprocess
+    if not inputs.has_ground_truth:
+        raise SweepError("the validation split has no ground truth (pid for every query and gallery image)")
+    if not tcfg.space:
+        raise SweepError("tune.space is empty: name at least one 'step.param' to search")
+    check_space(base, tcfg.space)
+    default = run_postprocess(inputs, base, with_ablation=False).final[tcfg.metric]
+    cache = shared_cache(inputs, base, tcfg.space)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, inputs=inputs, cache=cache, base=base.model_dump(mode="json"),
+                             metric=tcfg.metric),
+        {"cpu": tcfg.cpus_per_trial})
+    storage = str(Path(cfg.run_dir).resolve() / "tune")
+    path = os.path.join(storage, tcfg.name)
+    if tune.Tuner.can_restore(path):
+        log.info("tune: resuming the sweep at %s", path)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(tcfg.space),
+            tune_config=tune.TuneConfig(metric=tcfg.metric, mode="max", num_samples=tcfg.num_samples,
+                                        search_alg=_search_alg(tcfg), max_concurrent_trials=tcfg.max_concurrent_trials,
+                                        time_budget_s=tcfg.time_budget_s),
+            run_config=tune.RunConfig(name=tcfg.name, storage_path=storage, verbose=0))
+    log.info("tune: %d trials over %s, %d at a time, metric %s", tcfg.num_samples, sorted(tcfg.space),
+             tcfg.max_concurrent_trials, tcfg.metric)
+    results = tuner.fit()
+    ok = [r for r in results if r.error is None and r.metrics and tcfg.metric in r.metrics]
+    if not ok:
+        first = next((r.error for r in results if r.error is not None), "no trial reported a result")
+        raise SweepError(f"every trial failed; the first error: {first}")
+    best = max(ok, key=lambda r: r.metrics[tcfg.metric])
+    params = {k: best.config[k] for k in tcfg.space}
+    best_cfg = apply_params(base, params).model_copy(update={"name": f"{base.name}-tuned"})
+    out = Path(path)
+    _write_atomic(out / "best_postprocess.yaml", yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
+    df = results.get_dataframe()
+    df.to_csv(out / "trials.csv", index=False)
+    plot_scores(df[df[tcfg.metric].notna()], list(tcfg.space), tcfg.metric, out / "scores.png")
+    summary = {"metric": tcfg.metric, "best_score": best.metrics[tcfg.metric], "default_score": default,
+               "best_params": params, "num_trials": len(df), "failed_trials": len(results) - len(ok)}
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
+    log.info("tune: best %s %.4f (defaults %.4f) with %s; written to %s", tcfg.metric,
+             summary["best_score"], default, params, out / "best_postprocess.yaml")
+    return {"best_config": best_cfg, "out_dir": str(out), **summary}
