@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_postprocess_pipeline import _city  # noqa: E402
 
 BASE = {"ensemble": {"attribute_model": "m"},
-        "steps": [{"step": "camera_bias"}, {"step": "rerank", "k1": 20, "k2": 6, "lambda_value": 0.3},
+        "steps": [{"step": "camera_bias"}, {"step": "rerank", "k1": 20, "k2": 3, "lambda_value": 0.3},
                   {"step": "attribute_constraint", "delta_type": 0.0, "delta_color": 0.0}]}
-SPACE = {"rerank.k1": {"type": "int", "low": 3, "high": 12}, "rerank.k2": {"type": "int", "low": 1, "high": 4},
+SPACE = {"rerank.k1": {"type": "int", "low": 3, "high": 24}, "rerank.k2": {"type": "int", "low": 1, "high": 4},
          "rerank.lambda_value": {"type": "float", "low": 0.1, "high": 0.9},
          "attribute_constraint.delta_color": {"type": "float", "low": 0.0, "high": 1.0},
          "camera_bias": {"type": "switch"}}
@@ -59,6 +59,7 @@ def test_apply_params_switches_and_sets():
 @pytest.mark.parametrize("space,match", [
     ({"rerank.k1": {"type": "int", "low": 9, "high": 3}}, "inverted range"),
     ({"rerank.k1": {"type": "int", "low": 3, "high": 3}}, "empty or inverted range"),
+    ({"rerank.lambda_value": {"type": "float", "low": 0.5, "high": 2}}, "value 2.0 is outside what the step accepts"),
     ({"tracklet.beta": {"type": "float", "low": 0, "high": 1}}, "names no step of the pipeline"),
     ({"rerank.k3": {"type": "int", "low": 1, "high": 3}}, "has no parameter 'k3'"),
     ({"warp.k": {"type": "int", "low": 1, "high": 3}}, "'warp' is not a post-processing step"),
@@ -66,6 +67,11 @@ def test_apply_params_switches_and_sets():
 def test_bad_spaces(tmp_path, space, match):
     with pytest.raises((SweepError, ValueError), match=match):
         run_sweep(_cfg(tmp_path, space=space), _city())
+
+
+def test_k_larger_than_the_split(tmp_path, ray_session):
+    with pytest.raises(ValueError, match="needs k=300 neighbours"):
+        run_sweep(_cfg(tmp_path, space={"rerank.k1": {"type": "int", "low": 200, "high": 300}}), _city())
 
 
 def test_no_ground_truth(tmp_path):
@@ -77,8 +83,9 @@ def test_no_ground_truth(tmp_path):
 
 def test_all_trials_failing_writes_no_best(tmp_path, ray_session):
     inputs = _city()
-    cfg = _cfg(tmp_path, num_samples=2, space={"rerank.k1": {"type": "int", "low": 200, "high": 300}})
-    with pytest.raises(SweepError, match="every trial failed; the first error: .*k1"):
+    inputs.query.camids[0] = 99  # a camera the gallery never saw: per-camera whitening cannot run
+    cfg = _cfg(tmp_path, num_samples=2, space={"camera_bias.method": {"type": "choice", "values": ["whitening"]}})
+    with pytest.raises(SweepError, match="every trial failed; the first error: .*camera"):
         run_sweep(cfg, inputs)
     assert not list((tmp_path / "run").rglob("best_postprocess.yaml"))
 

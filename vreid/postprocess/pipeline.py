@@ -196,6 +196,9 @@ def prepare_cache(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: dict
     no_rerank = cfg.model_copy(update={"steps": [s for s in cfg.steps if s.step in FEATURE_STEPS]})
     run_postprocess(inputs, no_rerank, cache)
     qf, gf, _ = cache[("features", key)]
+    if max_k > len(qf) + len(gf) - 1:
+        raise PostprocessError(f"re-ranking needs k={max_k} neighbours but there are only "
+                               f"{len(qf) + len(gf)} query + gallery images")
     if cache.get(("graph", key)) is None or cache[("graph", key)].k < max_k:
         cache[("graph", key)] = knn_graph(np.concatenate([qf, gf]), max_k)
     return cache
@@ -211,9 +214,10 @@ def run_postprocess(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: di
     key = feature_state_key(cfg)
     ablation: list[dict[str, Any]] = []
     feature_steps = [s for s in cfg.steps if s.step in FEATURE_STEPS]
-    if ("features", key) in cache:
-        qf, gf, ablation = cache[("features", key)]
-        ablation = list(ablation)
+    cached = cache.get(("features", key))
+    if cached is not None and (cached[2] is not None or not evaluate_steps):
+        qf, gf, cached_rows = cached
+        ablation = list(cached_rows) if evaluate_steps else []
     else:
         qf, gf = ensemble(inputs, cfg, models)
         if evaluate_steps:
@@ -222,7 +226,7 @@ def run_postprocess(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: di
             qf, gf = apply_feature_step(step, qf, gf, inputs)
             if evaluate_steps:
                 ablation.append(_metrics(step.step, inputs, pairwise_sq_distances(qf, gf)))
-        cache[("features", key)] = (qf, gf, list(ablation))
+        cache[("features", key)] = (qf, gf, list(ablation) if evaluate_steps else None)
     q, g = inputs.query, inputs.gallery
     dist = pairwise_sq_distances(qf, gf)
     ranked = None
@@ -268,7 +272,8 @@ def run_postprocess(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: di
         indices, distances = ranked, np.take_along_axis(dist, ranked, 1)
     final = None
     if inputs.has_ground_truth:
-        final = ablation[-1] if ablation else _metrics("final", inputs, dist if ranked is None else None, ranked)
+        final = ablation[-1] if evaluate_steps else _metrics("final", inputs, dist if ranked is None else None,
+                                                             ranked)
     return PostprocessResult(indices, distances.astype(np.float32), ablation, final)
 
 

@@ -43,6 +43,14 @@ def check_space(base: PostprocessConfig, space: dict[str, SearchDimension]) -> N
         if param and param not in type(present[step]).model_fields or param == "step":
             raise SweepError(f"tune.space '{key}': step '{step}' has no parameter '{param}' "
                              f"(parameters: {[f for f in type(present[step]).model_fields if f != 'step']})")
+        ends = dim.values if dim.type == "choice" else [] if dim.type == "switch" else [
+            int(dim.low) if dim.type == "int" else dim.low, int(dim.high) if dim.type == "int" else dim.high]
+        for value in ends:
+            try:
+                apply_params(base, {key: value})
+            except ValueError as exc:
+                raise SweepError(f"tune.space '{key}': value {value!r} is outside what the step accepts: "
+                                 f"{exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
 
 
 def apply_params(base: PostprocessConfig, params: dict[str, Any]) -> PostprocessConfig:
@@ -111,7 +119,24 @@ def _trial(params: dict[str, Any], inputs: PostprocessInputs, cache: dict, base:
     tune.report({k: v for k, v in result.final.items() if k != "step"})
 
 
-def _search_alg(tcfg: TuneConfig):
+def default_point(base: PostprocessConfig, space: dict[str, SearchDimension]) -> dict[str, Any] | None:
+    """The base pipeline's own values, evaluated first so the sweep never ends below them;
+    None when one of them lies outside the space."""
+    steps = {s.step: s for s in base.steps}
+    point = {}
+    for key, dim in space.items():
+        step, _, param = key.partition(".")
+        value = getattr(steps[step], param) if param else True
+        inside = (dim.values is not None and value in dim.values) if dim.type == "choice" else \
+            dim.type == "switch" or (dim.low <= value <= dim.high)
+        if not inside:
+            return None
+        point[key] = value
+    return point
+
+
+def _search_alg(tcfg: TuneConfig, first: dict[str, Any] | None):
+    points = [first] if first is not None else None
     if tcfg.search in ("auto", "optuna"):
         try:
             from ray.tune.search.optuna import OptunaSearch
@@ -121,10 +146,10 @@ def _search_alg(tcfg: TuneConfig):
             if tcfg.search == "optuna":
                 raise SweepError("tune.search is 'optuna' but optuna is not installed (pip install optuna)") from None
         else:
-            return OptunaSearch(metric=tcfg.metric, mode="max", seed=tcfg.seed)
+            return OptunaSearch(metric=tcfg.metric, mode="max", seed=tcfg.seed, points_to_evaluate=points)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=tcfg.seed)
+    return BasicVariantGenerator(random_state=tcfg.seed, points_to_evaluate=points)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -184,7 +209,8 @@ def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig
         tuner = tune.Tuner(
             trainable, param_space=param_space(tcfg.space),
             tune_config=tune.TuneConfig(metric=tcfg.metric, mode="max", num_samples=tcfg.num_samples,
-                                        search_alg=_search_alg(tcfg), max_concurrent_trials=tcfg.max_concurrent_trials,
+                                        search_alg=_search_alg(tcfg, default_point(base, tcfg.space)),
+                                        max_concurrent_trials=tcfg.max_concurrent_trials,
                                         time_budget_s=tcfg.time_budget_s),
             run_config=tune.RunConfig(name=tcfg.name, storage_path=storage, verbose=0))
     log.info("tune: %d trials over %s, %d at a time, metric %s", tcfg.num_samples, sorted(tcfg.space),
@@ -192,7 +218,9 @@ def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig
     results = tuner.fit()
     ok = [r for r in results if r.error is None and r.metrics and tcfg.metric in r.metrics]
     if not ok:
-        first = next((r.error for r in results if r.error is not None), "no trial reported a result")
+        err = next((r.error for r in results if r.error is not None), None)
+        cause = getattr(err, "cause", None) or err
+        first = f"{type(cause).__name__}: {cause}" if cause is not None else "no trial reported a result"
         raise SweepError(f"every trial failed; the first error: {first}")
     best = max(ok, key=lambda r: r.metrics[tcfg.metric])
     params = {k: best.config[k] for k in tcfg.space}
