@@ -1,13 +1,21 @@
-"""The flow of DESIGN.md as one function: dataset -> ... (stages are added as they land)."""
+"""The flow of DESIGN.md as one function: synth -> train -> extract -> tune -> post-process ->
+report. Each stage skips work that is complete for the same config, so a rerun after a failure
+continues where it stopped; results of a complete run are replaced only atomically."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 
-from vreid.config import RunConfig
+from vreid.config import PostprocessConfig, RunConfig, dump_config, load_config
 from vreid.data import load_dataset, skipped_images
 
 log = logging.getLogger("vreid.pipeline")
@@ -23,14 +31,109 @@ def dataset_summary(manifest) -> str:
     return "\n".join(lines)
 
 
-def run_pipeline(cfg: RunConfig) -> dict:
-    timings: dict[str, float] = {}
+def check_run_dir(run_dir: str) -> Path:
+    """The run directory must be writable before any stage starts (a clear error, not a late one)."""
+    if "://" in run_dir:
+        raise ValueError(f"run_dir '{run_dir}': the pipeline job writes models and results locally; "
+                         "give a shared filesystem path (feature stores alone accept URIs)")
+    path = Path(run_dir).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"run_dir '{run_dir}' cannot be written: {exc}") from None
+    return path
+
+
+def check_cluster(cfg: RunConfig) -> None:
+    """Say so at once when the config asks for GPUs that the cluster does not have and cannot get."""
+    import ray
+
+    want = [m.name for m in cfg.models if m.scaling.use_gpu] + (["extract"] if cfg.extract.num_gpus_per_actor else [])
+    if want and not ray.cluster_resources().get("GPU") and cfg.train.resource_wait_s == 0:
+        raise RuntimeError(f"the config asks for GPUs ({', '.join(want)}) but the cluster has none; start GPU "
+                           "workers (cluster.yaml) or set train.resource_wait_s to wait for the autoscaler")
+
+
+def _tune_key(cfg: RunConfig) -> str:
+    from vreid.train.launcher import model_key
+
+    payload = {"tune": cfg.tune.model_dump(mode="json"), "postprocess": cfg.postprocess.model_dump(mode="json"),
+               "models": [model_key(cfg, m) for m in cfg.models], "extract": cfg.extract.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tuned_postprocess(cfg: RunConfig, manifest) -> PostprocessConfig:
+    """The Tune stage: sweep on the validation stores, or reuse a finished sweep of this config."""
+    from vreid.postprocess.actor import load_inputs
+    from vreid.tune.sweep import run_sweep
+
+    out = Path(cfg.run_dir).resolve() / "tune" / cfg.tune.name
+    key = _tune_key(cfg)
+    summary = out / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("key") == key:
+        log.info("stage tune: sweep already complete (%s), reusing its best configuration", out)
+        return load_config(out / "best_postprocess.yaml", model=PostprocessConfig)
+    result = run_sweep(cfg, load_inputs(cfg, manifest, "val"))
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "key": key}, indent=1))
+    return result["best_config"]
+
+
+@contextmanager
+def _stage(name: str, timings: dict[str, float]):
+    log.info("stage %s: start", name)
     t0 = time.perf_counter()
-    log.info("stage data: %s dataset at %s", cfg.data.format, cfg.data.root)
-    manifest = load_dataset(cfg.data)
-    timings["data"] = time.perf_counter() - t0
-    skipped = skipped_images(manifest)
-    if skipped:
-        log.warning("skipped %d unreadable images (first: %s)", len(skipped), skipped[0])
-    print(dataset_summary(manifest))
-    return {"manifest": manifest, "timings": timings}
+    yield
+    timings[name] = time.perf_counter() - t0
+    log.info("stage %s: done in %.1f s", name, timings[name])
+
+
+def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
+    """Run every stage in order; returns the timings, the final ablation and the output paths."""
+    import ray
+
+    from vreid.features.extract import extract_features
+    from vreid.postprocess.actor import postprocess_run
+    from vreid.postprocess.pipeline import ablation_table
+    from vreid.report import write_report
+    from vreid.train.launcher import require_trained, train_models
+
+    run_dir = check_run_dir(cfg.run_dir)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    res = ray.cluster_resources()
+    log.info("run %s: Ray cluster with %g CPUs, %g GPUs; outputs under %s", cfg.name, res.get("CPU", 0),
+             res.get("GPU", 0), run_dir)
+    check_cluster(cfg)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    timings: dict[str, float] = {}
+    with _stage("data", timings):
+        manifest = load_dataset(cfg.data)
+        for skipped in skipped_images(manifest):
+            log.warning("skipped image %s: %s", skipped["image_id"], skipped["reason"])
+        log.info("dataset %s (%s):\n%s", cfg.data.root, cfg.data.format, dataset_summary(manifest))
+    with _stage("train", timings):
+        require_trained(train_models(cfg, manifest))
+    validation = cfg.data.validation.num_ids > 0
+    with _stage("extract", timings):
+        extract_features(cfg, manifest, "test")
+        if validation:
+            extract_features(cfg, manifest, "val")
+    pcfg = cfg.postprocess
+    if cfg.tune.space:
+        if not validation:
+            raise ValueError("tune.space is set but data.validation.num_ids is 0: the sweep needs a validation split")
+        with _stage("tune", timings):
+            pcfg = tuned_postprocess(cfg, manifest)
+    with _stage("postprocess", timings):
+        out = postprocess_run(cfg, pcfg)
+    with _stage("report", timings):
+        report = write_report(run_dir, manifest, pcfg.name, dump_config(cfg), timings)
+    (run_dir / "timings.json").write_text(json.dumps(timings, indent=1))
+    if out["ablation"]:
+        print(f"\nablation on the test split ({pcfg.name}):\n{ablation_table(out['ablation'])}")
+    print(f"\nresults: {out['out_dir']}\nreport:  {report}\ntimings: " +
+          ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    return {"timings": timings, "ablation": out["ablation"], "results": out["out_dir"], "report": str(report)}

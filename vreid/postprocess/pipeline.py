@@ -148,8 +148,8 @@ def _metrics(name: str, inputs: PostprocessInputs, dist: np.ndarray | None = Non
     else:
         full = evaluate_ranked(ranked, q.pids, g.pids, q.camids, g.camids)
         top = evaluate_ranked(ranked, q.pids, g.pids, q.camids, g.camids, top_k_ap=100)
-    row = {"step": name, **full.as_dict(), "mAP@100": float(top.mAP)}
-    return row
+    return {"step": name, **full.as_dict(), "mAP@100": float(top.mAP),
+            "cmc": [round(float(c), 5) for c in full.cmc[:20]]}
 
 
 def feature_state_key(cfg: PostprocessConfig) -> str:
