@@ -110,8 +110,9 @@ def extract_store(model_dir: str | Path, rows: pa.Table, dataset_root: str | Pat
     fs.create_dir(target)
     input_size = tuple(meta["build_args"]["input_size"])
     use_gpu = ecfg.num_gpus_per_actor > 0
-    ds = ray.data.from_arrow(rows.select(["image_id", "split"]))
-    ds = ds.repartition(max(1, int(np.ceil(rows.num_rows / ecfg.batch_size))))
+    ids = rows.select(["image_id", "split"])
+    # one block per batch, so decode tasks and model actors share the work without a shuffle
+    ds = ray.data.from_arrow([ids.slice(i, ecfg.batch_size) for i in range(0, ids.num_rows, ecfg.batch_size)])
     ds = ds.map_batches(decode_batch, fn_kwargs={"root": str(dataset_root), "input_size": input_size,
                                                  "on_bad_image": on_bad_image},
                         batch_size=ecfg.batch_size, num_cpus=ecfg.cpus_per_decode_task, batch_format="numpy")
