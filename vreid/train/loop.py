@@ -117,6 +117,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train = table.filter(pc.equal(table.column("split"), "train"))
     val = table.filter(pc.not_equal(table.column("split"), "train"))
     test_tf = build_test_transform(mcfg.input_size)
+    validating = len(val) > 0 and mcfg.task == "reid"  # re-ID mAP means nothing for camera / orientation
     use_amp = bool(config["amp"]) and device.type == "cuda"
 
     # resume: global epoch index over all stages
@@ -155,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if int(state["stage"]) != si:  # resuming at the first epoch of a new stage
                     model.reset_classifier(int(state["num_classes"]))
                 model.load_state_dict(state["model"])
-        if epoch == 0 and rank == 0 and len(val):  # the baseline every later epoch is compared with
+        if epoch == 0 and rank == 0 and validating:  # the baseline every later epoch is compared with
             history.append({"epoch": -1, "stage": "init",
                             **validate(model, val, root, test_tf, device, config["eval_batch_size"])})
         if epoch == bounds[si] and (si > 0 and (stage.new_classifier or num_classes != model.num_classes)):
@@ -231,9 +232,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                      checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
                 return
             last = epoch == total - 1
-            if rank == 0 and len(val) and (last or (epoch + 1) % config["eval_every"] == 0):
+            if rank == 0 and validating and (last or (epoch + 1) % config["eval_every"] == 0):
                 metrics.update(validate(model, val, root, test_tf, device, config["eval_batch_size"]))
             history.append(metrics)
+            if rank == 0:  # one progress line per epoch in the job log
+                shown = {k: metrics[k] for k in ("id", "triplet", "val_mAP") if k in metrics}
+                print(f"[{mcfg.name}] epoch {epoch + 1}/{total} ({stage.name}) "
+                      + " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                      + f" {metrics['images_per_s']:.0f} img/s", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:
