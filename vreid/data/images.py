@@ -19,7 +19,7 @@ def decode_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert(mode))
+            return np.array(img.convert(mode))  # writable: torch tensors are made from it
     except FileNotFoundError:
         raise ImageDecodeError(path, "file not found") from None
     except UnidentifiedImageError:
