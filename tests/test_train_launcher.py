@@ -114,3 +114,32 @@ def test_bad_model_config_fails_before_workers(tmp_path, tiny_city, tiny_manifes
     with pytest.raises(ValueError, match=r"P x K = 40 x 4 on 2 worker\(s\) needs 80 identities"):
         train_models(_cfg(tmp_path, tiny_city, "models.0.recipe.0.p=40"), tiny_manifest)
     assert not (tmp_path / "run" / "models").exists()
+
+
+def test_multi_domain_then_fine_tune_recipe(tmp_path, tiny_city, ray_session):
+    """Multi-domain learning (001): real + the first N synthetic identities, then a fine-tune on
+    real only with the first two stages frozen and a new classifier (two-stage learning, 002)."""
+    from vreid.data import load_dataset
+    from vreid.train.loop import stage_rows
+
+    cfg = _cfg(tmp_path, tiny_city,
+               f"data.extra_train=[{{format: synth, root: {tmp_path / 'synthetic'}, synth_preset: tiny, seed: 1}}]",
+               "models.1.recipe=[{name: mdl, epochs: 1, optimizer: adam, lr: 1.0e-3, p: 4, k: 4, "
+               "domains: [real, synthetic], synthetic_ids: 10}, {name: finetune, epochs: 1, optimizer: sgd, "
+               "lr: 1.0e-3, p: 4, k: 4, domains: [real], freeze_stages: 2, new_classifier: true}]")
+    cfg.models = cfg.models[1:]
+    manifest = load_dataset(cfg.data)
+    from vreid.train.launcher import training_manifest
+
+    train = training_manifest(cfg, manifest)
+    first = stage_rows(train.filter(__import__("pyarrow.compute").compute.equal(train.column("split"), "train")),
+                       cfg.models[0].recipe[0])
+    domains = first.column("domain").to_pylist()
+    assert set(domains) == {"real", "synthetic"}
+    syn_ids = {p for p, d in zip(first.column("pid").to_pylist(), domains) if d == "synthetic"}
+    assert len(syn_ids) == 10
+    (result,) = train_models(cfg, manifest)
+    assert result.status == "trained", result.error
+    _, meta = load_trained_model(result.model_dir)
+    assert [h["stage"] for h in meta["history"]] == ["init", "mdl", "finetune"]
+    assert len(meta["class_ids"]) == 30, "the fine-tune classifier covers the real training identities only"

@@ -29,6 +29,17 @@ class ValidationSplitConfig(StrictModel):
     seed: int = 0
 
 
+class ExtraTrainData(StrictModel):
+    """Another dataset whose training split joins the target's, e.g. VehicleX or a second synthetic
+    city as the synthetic domain of multi-domain learning (001) or stage I of two-stage learning (002)."""
+
+    format: Literal["aic", "veri776", "vehicleid", "vehiclex", "synth", "manifest"] = "vehiclex"
+    root: str
+    domain: Literal["real", "synthetic"] = "synthetic"
+    synth_preset: Literal["tiny", "demo", "city"] | None = Field(None, description="generate when absent")
+    seed: int = 1
+
+
 class DataConfig(StrictModel):
     format: Literal["aic", "veri776", "vehicleid", "vehiclex", "synth", "manifest"] = "synth"
     root: str = Field("data/synth-tiny", description="dataset root (or manifest file for 'manifest')")
@@ -42,6 +53,7 @@ class DataConfig(StrictModel):
     verify_images: bool = Field(False, description="decode every image when reading the dataset")
     vehicleid_test_size: int = Field(800, description="VehicleID test list (800, 1600, 2400, ...)")
     validation: ValidationSplitConfig = ValidationSplitConfig()
+    extra_train: list[ExtraTrainData] = Field(default_factory=list)
 
 
 class LossConfig(StrictModel):

@@ -80,14 +80,23 @@ def skipped_images(table: pa.Table) -> list[dict[str, str]]:
 
 
 def load_dataset(data_cfg) -> pa.Table:
-    """Manifest for a ``DataConfig``; generates the synthetic city first when it is absent."""
-    if data_cfg.format == "synth" and data_cfg.synth_preset is not None:
-        from vreid.data.synth import generate
+    """Manifest for a ``DataConfig`` plus its ``extra_train`` sets; generates synthetic cities
+    first when they are absent."""
+    from vreid.data.domains import add_training_data
+    from vreid.data.synth import generate
 
+    if data_cfg.format == "synth" and data_cfg.synth_preset is not None:
         generate(data_cfg.root, data_cfg.synth_preset, seed=data_cfg.seed)
-    return load_manifest(data_cfg.root, data_cfg.format, on_bad_image=data_cfg.on_bad_image,
-                         verify_images=data_cfg.verify_images,
-                         vehicleid_test_size=data_cfg.vehicleid_test_size, seed=data_cfg.seed)
+    table = load_manifest(data_cfg.root, data_cfg.format, on_bad_image=data_cfg.on_bad_image,
+                          verify_images=data_cfg.verify_images,
+                          vehicleid_test_size=data_cfg.vehicleid_test_size, seed=data_cfg.seed)
+    for extra in data_cfg.extra_train:
+        if extra.format == "synth" and extra.synth_preset is not None:
+            generate(extra.root, extra.synth_preset, seed=extra.seed)
+        other = load_manifest(extra.root, extra.format, on_bad_image=data_cfg.on_bad_image,
+                              verify_images=data_cfg.verify_images, seed=extra.seed)
+        table = add_training_data(table, other, str(dataset_root(other)), extra.domain)
+    return table
 
 
 __all__ = [

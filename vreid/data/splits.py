@@ -18,7 +18,9 @@ def validation_split(manifest: pa.Table, num_ids: int, queries_per_id: int = 3, 
     """
     train = manifest.filter(pc.equal(manifest.column("split"), "train"))
     pids = train.column("pid").to_numpy()
-    ids = np.unique(pids[pids >= 0])
+    real = np.asarray(train.column("domain").to_pylist()) == "real"
+    # the validation identities come from the target (real) domain when there is one
+    ids = np.unique(pids[(pids >= 0) & (real if real.any() else True)])
     if num_ids < 1 or num_ids >= ids.size:
         raise ManifestError(f"validation split: num_ids={num_ids} must be in [1, {ids.size - 1}] "
                             f"(the training split has {ids.size} labelled identities)")
