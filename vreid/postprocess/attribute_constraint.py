@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from vreid.postprocess.checks import as_distance_block, check_finite, check_real
+
 __all__ = ["attribute_constraint"]
-
-
-def _dist(dist) -> np.ndarray:
-    d = np.asarray(dist)
-    if d.ndim != 2:
-        raise ValueError(f"dist must be a 2-D (Q, G) distance block, got shape {d.shape}")
-    if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
-        raise ValueError(f"dist must hold real numbers, got dtype {d.dtype}")
-    return d
 
 
 def _labels(name: str, x, n: int, side: str) -> np.ndarray:
@@ -38,10 +31,8 @@ def _labels(name: str, x, n: int, side: str) -> np.ndarray:
         raise ValueError(f"{name} has {arr.shape[0]} rows, expected one per {side} ({n})")
     if arr.shape[1] == 0:
         raise ValueError(f"{name} has 0 classes: expected (n, n_classes) probabilities")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf: expected finite probabilities")
+    check_real(name, arr)
+    check_finite(name, arr, "probabilities")
     return np.argmax(arr, axis=1).astype(np.int64)
 
 
@@ -77,7 +68,7 @@ def attribute_constraint(
     integer labels; pass None for both sides of an attribute to skip it. A label < 0
     (unknown, as in the manifest) never adds a penalty. Returns a new (Q, G) array.
     """
-    d = _dist(dist)
+    d = as_distance_block(dist)
     num_q, num_g = d.shape
     for name, v in (("delta_type", delta_type), ("delta_color", delta_color)):
         if not (np.isfinite(v) and v >= 0):

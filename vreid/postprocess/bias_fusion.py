@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from vreid.postprocess.checks import as_distance_block, check_finite
+
 __all__ = ["bias_fusion"]
 
 
-def _block(name: str, x, shape=None) -> np.ndarray:
-    d = np.asarray(x)
-    if d.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (Q, G) distance block, got shape {d.shape}")
-    if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {d.dtype}")
-    if shape is not None and d.shape != shape:
+def _bias_block(name: str, x, shape: tuple[int, int]) -> np.ndarray:
+    """A finite distance block of the same (Q, G) shape as ``dist_reid``."""
+    d = as_distance_block(x, name)
+    if d.shape != shape:
         raise ValueError(f"{name} has shape {d.shape}, expected the shape of dist_reid {shape}")
-    if shape is not None and d.size and not np.isfinite(d).all():
-        raise ValueError(f"{name} contains NaN or Inf: expected finite distances")
+    check_finite(name, d, "distances")
     return d
 
 
@@ -43,7 +41,7 @@ def bias_fusion(
 
     All blocks have the same (Q, G) shape. Returns a new float array.
     """
-    dr = _block("dist_reid", dist_reid)
+    dr = as_distance_block(dist_reid, "dist_reid")
     if dist_camera is None and dist_orientation is None:
         raise ValueError("bias_fusion needs dist_camera or dist_orientation (got None for both)")
     for name, v in (("lambda_camera", lambda_camera), ("lambda_orientation", lambda_orientation)):
@@ -56,6 +54,6 @@ def bias_fusion(
     ):
         if block is None:
             continue
-        b = _block(name, block, shape=dr.shape)
+        b = _bias_block(name, block, dr.shape)
         out -= out.dtype.type(lam) * b.astype(out.dtype, copy=False)
     return out

@@ -24,50 +24,32 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
+from vreid.postprocess.checks import as_features, as_per_image
 from vreid.postprocess.ensemble import l2_normalize
 
 __all__ = ["remove_camera_mean", "camera_whitening"]
 
 
-def _features(name: str, x, dim: int | None = None) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n, dim) of features, got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if dim is not None and arr.shape[1] != dim:
-        raise ValueError(f"{name} has feature dim {arr.shape[1]}, expected {dim}")
-    if arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf: expected finite features")
-    return arr.astype(np.float32, copy=False)
+_UNKNOWN_CAMERA = (
+    "{name} contains unknown cameras (-1): camera-bias removal needs a camera id >= 0 "
+    "for every image (use predicted camera ids where labels are missing)"
+)
 
 
 def _camids(name: str, camids, n: int, of: str) -> np.ndarray:
-    arr = np.asarray(camids)
-    if arr.ndim != 1 or len(arr) != n:
-        raise ValueError(f"{name} must be a 1-D array with one camera id per row of {of} ({n}), "
-                         f"got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer camera ids, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    if (arr < 0).any():
-        raise ValueError(
-            f"{name} contains unknown cameras (-1): camera-bias removal needs a camera id >= 0 "
-            "for every image (use predicted camera ids where labels are missing)"
-        )
-    return arr
+    return as_per_image(name, camids, n, f"row of {of}", what="camera id", negative=_UNKNOWN_CAMERA)
 
 
 def _reference(features, camids, ref_features, ref_camids):
     """Validated (features, camids, ref_features, ref_camids, cams, camera index of each row)."""
-    x = _features("features", features)
+    x = as_features("features", features)
     cam = _camids("camids", camids, x.shape[0], "features")
     if (ref_features is None) != (ref_camids is None):
         raise ValueError("ref_features and ref_camids must be given together (or both None)")
     if ref_features is None:
         rx, rcam = x, cam
     else:
-        rx = _features("ref_features", ref_features, dim=x.shape[1])
+        rx = as_features("ref_features", ref_features, dim=x.shape[1])
         rcam = _camids("ref_camids", ref_camids, rx.shape[0], "ref_features")
     cams, ref_code = np.unique(rcam, return_inverse=True)
     ref_code = ref_code.ravel()

@@ -16,16 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from vreid.postprocess.checks import as_distance_block, as_per_image, check_finite, check_real
+
 __all__ = ["camera_verification", "predict_camids"]
-
-
-def _ids(name: str, x, n: int, side: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 1 or len(arr) != n:
-        raise ValueError(f"{name} must be a 1-D array with one id per {side} ({n}), got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer ids, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
 
 
 def predict_camids(camera_prob) -> np.ndarray:
@@ -33,10 +26,8 @@ def predict_camids(camera_prob) -> np.ndarray:
     p = np.asarray(camera_prob)
     if p.ndim != 2 or p.shape[1] == 0:
         raise ValueError(f"camera_prob must be a 2-D (N, n_cameras) array, got shape {p.shape}")
-    if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)):
-        raise ValueError(f"camera_prob must hold real numbers, got dtype {p.dtype}")
-    if p.size and not np.isfinite(p).all():
-        raise ValueError("camera_prob contains NaN or Inf: expected finite probabilities")
+    check_real("camera_prob", p)
+    check_finite("camera_prob", p, "probabilities")
     return np.argmax(p, axis=1).astype(np.int64)
 
 
@@ -55,14 +46,10 @@ def camera_verification(
     of each image, < 0 unknown) pairs in different known scenes get ``penalty`` too (released
     code of seed 003). Returns a new (Q, G) array.
     """
-    d = np.asarray(dist)
-    if d.ndim != 2:
-        raise ValueError(f"dist must be a 2-D (Q, G) distance block, got shape {d.shape}")
-    if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
-        raise ValueError(f"dist must hold real numbers, got dtype {d.dtype}")
+    d = as_distance_block(dist)
     num_q, num_g = d.shape
-    qc = _ids("q_camids", q_camids, num_q, "query")
-    gc = _ids("g_camids", g_camids, num_g, "gallery image")
+    qc = as_per_image("q_camids", q_camids, num_q, "query")
+    gc = as_per_image("g_camids", g_camids, num_g, "gallery image")
     if not (np.isfinite(penalty) and penalty >= 0):
         raise ValueError(f"penalty must be a finite number >= 0, got {penalty!r}")
     if (q_scenes is None) != (g_scenes is None):
@@ -72,8 +59,8 @@ def camera_verification(
     same = (qc[:, None] == gc[None, :]) & (qc >= 0)[:, None]
     out[same] += pen
     if q_scenes is not None:
-        qs = _ids("q_scenes", q_scenes, num_q, "query")
-        gs = _ids("g_scenes", g_scenes, num_g, "gallery image")
+        qs = as_per_image("q_scenes", q_scenes, num_q, "query")
+        gs = as_per_image("g_scenes", g_scenes, num_g, "gallery image")
         other = (qs[:, None] != gs[None, :]) & (qs >= 0)[:, None] & (gs >= 0)[None, :]
         out[other] += pen
     return out

@@ -15,23 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vreid.postprocess.checks import as_features
+
 __all__ = ["l2_normalize", "ensemble_features", "pairwise_sq_distances"]
 
 # Query rows per chunk are chosen so that one chunk holds about this many (query, gallery) cells.
 _CHUNK_CELLS = 1 << 22
-
-
-def _as_features(name: str, x, dim: int | None = None) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n, dim) of features, got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if dim is not None and arr.shape[1] != dim:
-        raise ValueError(f"{name} has feature dim {arr.shape[1]}, expected {dim}")
-    if arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf: expected finite features")
-    return arr
 
 
 def l2_normalize(x, eps: float = 1e-12) -> np.ndarray:
@@ -39,10 +28,9 @@ def l2_normalize(x, eps: float = 1e-12) -> np.ndarray:
 
     Rows whose norm is below ``eps`` (all-zero rows) are returned as zeros rather than NaN.
     """
-    arr = _as_features("x", x)
+    arr = as_features("x", x)
     if not (eps > 0 and np.isfinite(eps)):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    arr = arr.astype(np.float32, copy=False)
     norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))
     return (arr / np.maximum(norms, eps)[:, None]).astype(np.float32, copy=False)
 
@@ -64,7 +52,7 @@ def ensemble_features(
         raise ValueError("features must be a list of (N, dim) arrays, one per model")
     if len(features) == 0:
         raise ValueError("features is empty: expected at least one model's features")
-    parts = [_as_features(f"features[{i}]", f) for i, f in enumerate(features)]
+    parts = [as_features(f"features[{i}]", f, dtype=None) for i, f in enumerate(features)]
     n_rows = parts[0].shape[0]
     for i, p in enumerate(parts):
         if p.shape[0] != n_rows:
@@ -99,8 +87,8 @@ def pairwise_sq_distances(query, gallery, chunk: int | None = None) -> np.ndarra
     Computed with one matrix product per chunk of ``chunk`` query rows (default: about 4M cells
     per chunk), so temporaries stay O(chunk × G). Only the query × gallery block is built.
     """
-    q = _as_features("query", query).astype(np.float32, copy=False)
-    g = _as_features("gallery", gallery, dim=q.shape[1]).astype(np.float32, copy=False)
+    q = as_features("query", query)
+    g = as_features("gallery", gallery, dim=q.shape[1])
     if chunk is None:
         chunk = max(1, _CHUNK_CELLS // max(1, g.shape[0]))
     elif int(chunk) != chunk or chunk < 1:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vreid.postprocess.checks import as_distance_block, as_per_image
+
 __all__ = ["group_rerank"]
 
 
@@ -33,11 +35,7 @@ def group_rerank(ranked_indices, dist, g_trackids, theta: float) -> np.ndarray:
     image (>= 0), ``theta`` the closeness threshold on ``dist`` (tuned, no paper value).
     Returns the new (Q, K) int64 ranked indices.
     """
-    d = np.asarray(dist)
-    if d.ndim != 2:
-        raise ValueError(f"dist must be a 2-D (Q, G) distance block, got shape {d.shape}")
-    if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
-        raise ValueError(f"dist must hold real numbers, got dtype {d.dtype}")
+    d = as_distance_block(dist)
     num_q, num_g = d.shape
     r = np.asarray(ranked_indices)
     if r.ndim != 2 or r.shape[0] != num_q:
@@ -55,18 +53,11 @@ def group_rerank(ranked_indices, dist, g_trackids, theta: float) -> np.ndarray:
         dup = np.nonzero((s[:, 1:] == s[:, :-1]).any(axis=1))[0]
         if dup.size:
             raise ValueError(f"ranked_indices repeats a gallery index in query rows {dup[:10].tolist()}")
-    t = np.asarray(g_trackids)
-    if t.ndim != 1 or len(t) != num_g:
-        raise ValueError(
-            f"g_trackids must be a 1-D array with one track id per gallery image ({num_g}), got shape {t.shape}"
-        )
-    if t.size and not np.issubdtype(t.dtype, np.integer):
-        raise ValueError(f"g_trackids must hold integer track ids, got dtype {t.dtype}")
-    if (t < 0).any():
-        raise ValueError(
-            f"g_trackids has {int((t < 0).sum())} gallery images without a track id (-1): "
-            "group re-ranking needs a track id >= 0 for every gallery image"
-        )
+    t = as_per_image(
+        "g_trackids", g_trackids, num_g, "gallery image", what="track id",
+        negative="{name} has {count} gallery images without a track id (-1): "
+        "group re-ranking needs a track id >= 0 for every gallery image",
+    )
     if not np.isfinite(theta):
         raise ValueError(f"theta must be a finite number, got {theta!r}")
     if np.issubdtype(d.dtype, np.floating) and np.isnan(d).any():

@@ -20,6 +20,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 from sklearn.neighbors import radius_neighbors_graph
 
+from vreid.postprocess.checks import as_features
 from vreid.postprocess.ensemble import l2_normalize
 
 __all__ = ["group_queries", "dbscan_query_expansion"]
@@ -27,17 +28,6 @@ __all__ = ["group_queries", "dbscan_query_expansion"]
 # The sklearn radius search is widened by this relative margin, then the exact squared
 # distance decides, so that pairs right at the threshold are not lost to rounding.
 _RADIUS_MARGIN = 1e-5
-
-
-def _features(name: str, x) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n, dim) of features, got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf: expected finite features")
-    return arr.astype(np.float32, copy=False)
 
 
 def _cluster_means(x: np.ndarray, labels: np.ndarray, normalize: bool) -> np.ndarray:
@@ -80,7 +70,7 @@ def group_queries(
     group mean (L2-normalised when ``normalize``; a singleton group keeps its own feature).
     θ is tuned (the paper gives no value), on the squared-distance scale.
     """
-    x = _features("query", query)
+    x = as_features("query", query)
     if not (np.isfinite(theta) and theta >= 0):
         raise ValueError(f"theta must be a finite number >= 0 (squared distance), got {theta!r}")
     if x.shape[0] == 0:
@@ -108,7 +98,7 @@ def dbscan_query_expansion(
     DBSCAN labels (−1 noise) and float32 (Q, dim) features where clustered queries are replaced
     by their cluster mean (L2-normalised when ``normalize``) and noise queries are unchanged.
     """
-    x = _features("query", query)
+    x = as_features("query", query)
     if not (np.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (squared distance), got {eps!r}")
     if int(min_samples) != min_samples or min_samples < 1:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vreid.postprocess.checks import as_distance_block
+
 __all__ = ["topk_from_distances"]
 
 # Query rows per chunk: about this many (query, gallery) cells per chunk.
@@ -42,11 +44,7 @@ def topk_from_distances(dist, k: int, chunk: int | None = None) -> tuple[np.ndar
     Ascending distance, ties by ascending gallery index; processed in chunks of ``chunk`` query
     rows (default: about 4M cells each). NaN distances are rejected, ±inf allowed.
     """
-    d = np.asarray(dist)
-    if d.ndim != 2:
-        raise ValueError(f"dist must be a 2-D (Q, G) distance block, got shape {d.shape}")
-    if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
-        raise ValueError(f"dist must hold real numbers, got dtype {d.dtype}")
+    d = as_distance_block(dist)
     num_q, num_g = d.shape
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= num_g:
         raise ValueError(f"k must be an integer in [1, number of gallery images = {num_g}], got {k!r}")

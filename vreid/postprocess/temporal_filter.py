@@ -11,21 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from vreid.postprocess.checks import as_distance_block, as_per_image
+
 __all__ = ["temporal_filter"]
-
-
-def _times(name: str, x, n: int, side: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 1 or len(arr) != n:
-        raise ValueError(
-            f"{name} must be a 1-D array with one timestamp per {side} ({n}), got shape {arr.shape}"
-        )
-    if arr.size and not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must hold numbers (NaN = unknown), got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
-    if np.isinf(arr).any():
-        raise ValueError(f"{name} contains +-Inf: expected finite timestamps or NaN for unknown")
-    return arr
 
 
 def temporal_filter(
@@ -43,14 +31,12 @@ def temporal_filter(
     (ties then fall back to gallery order). NaN timestamps are unknown: never filtered.
     Returns a new (Q, G) array.
     """
-    d = np.asarray(dist)
-    if d.ndim != 2:
-        raise ValueError(f"dist must be a 2-D (Q, G) distance block, got shape {d.shape}")
-    if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
-        raise ValueError(f"dist must hold real numbers, got dtype {d.dtype}")
+    d = as_distance_block(dist)
     num_q, num_g = d.shape
-    tq = _times("q_timestamps", q_timestamps, num_q, "query")
-    tg = _times("g_timestamps", g_timestamps, num_g, "gallery image")
+    tq = as_per_image("q_timestamps", q_timestamps, num_q, "query", what="timestamp", kind="float")
+    tg = as_per_image(
+        "g_timestamps", g_timestamps, num_g, "gallery image", what="timestamp", kind="float"
+    )
     if np.isnan(tau) or tau < 0:
         raise ValueError(f"tau must be a number >= 0 (np.inf disables the filter), got {tau!r}")
     if penalty is not None and (np.isnan(penalty) or penalty < 0):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
+from vreid.postprocess.checks import as_features, as_ids, as_per_image, check_real
 from vreid.postprocess.ensemble import l2_normalize, pairwise_sq_distances
 
 __all__ = [
@@ -33,43 +34,18 @@ __all__ = [
 _CHUNK_CELLS = 1 << 22
 
 
-def _features(name: str, x, dim: int | None = None) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n, dim) of features, got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if dim is not None and arr.shape[1] != dim:
-        raise ValueError(f"{name} has feature dim {arr.shape[1]}, expected {dim}")
-    if arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf: expected finite features")
-    return arr.astype(np.float32, copy=False)
+_NO_TRACK = (
+    "{name} has {count} images without a track id (-1): tracklet steps "
+    "need a track id >= 0 for every image"
+)
 
 
 def _trackids(name: str, trackids, n: int, of: str) -> np.ndarray:
-    arr = np.asarray(trackids)
-    if arr.ndim != 1 or len(arr) != n:
-        raise ValueError(
-            f"{name} must be a 1-D array with one track id per row of {of} ({n}), got shape {arr.shape}"
-        )
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer track ids, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    if (arr < 0).any():
-        raise ValueError(
-            f"{name} has {int((arr < 0).sum())} images without a track id (-1): tracklet steps "
-            "need a track id >= 0 for every image"
-        )
-    return arr
+    return as_per_image(name, trackids, n, f"row of {of}", what="track id", negative=_NO_TRACK)
 
 
 def _track_table(name: str, track_ids) -> np.ndarray:
-    arr = np.asarray(track_ids)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of track ids, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer track ids, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
+    arr = as_ids(name, track_ids, what="track id")
     if len(np.unique(arr)) != len(arr):
         raise ValueError(f"{name} must hold each track id once")
     return arr
@@ -108,7 +84,7 @@ def average_tracklet_features(
     Returns ``(track_ids, track_features)``: the sorted unique track ids (T,) and float32 (T, dim)
     features, L2-normalised only when ``normalize``.
     """
-    x = _features("features", features)
+    x = as_features("features", features)
     tid = _trackids("trackids", trackids, x.shape[0], "features")
     track_ids, codes = np.unique(tid, return_inverse=True)
     codes = codes.ravel()
@@ -140,8 +116,8 @@ def weighted_tracklet_features(
     Distances are computed in query chunks of ``chunk`` rows (two passes; memory O(chunk × G)).
     Returns ``(track_ids, track_features)`` with sorted unique track ids, float32 features.
     """
-    q = _features("query", query)
-    g = _features("gallery", gallery, dim=q.shape[1])
+    q = as_features("query", query)
+    g = as_features("gallery", gallery, dim=q.shape[1])
     tid = _trackids("g_trackids", g_trackids, g.shape[0], "gallery")
     if not (np.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
@@ -200,10 +176,10 @@ def fuse_with_tracklet(
     or :func:`weighted_tracklet_features`. The result (float32, (N, dim)) is L2-normalised
     unless ``normalize=False``.
     """
-    x = _features("features", features)
+    x = as_features("features", features)
     tid = _trackids("trackids", trackids, x.shape[0], "features")
     table = _track_table("track_ids", track_ids)
-    tf = _features("track_features", track_features, dim=x.shape[1])
+    tf = as_features("track_features", track_features, dim=x.shape[1])
     if tf.shape[0] != len(table):
         raise ValueError(
             f"track_features has {tf.shape[0]} rows, expected one per track id ({len(table)})"
@@ -227,8 +203,7 @@ def image_to_track_distances(dist_q_track, g_trackids, track_ids) -> np.ndarray:
         raise ValueError(
             f"dist_q_track must have shape (Q, len(track_ids)={len(table)}), got {d.shape}"
         )
-    if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
-        raise ValueError(f"dist_q_track must hold real numbers, got dtype {d.dtype}")
+    check_real("dist_q_track", d)
     gt = np.asarray(g_trackids)
     if gt.ndim != 1:
         raise ValueError(f"g_trackids must be a 1-D array of track ids, got shape {gt.shape}")
