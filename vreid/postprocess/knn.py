@@ -397,7 +397,6 @@ def _faiss_candidate_blocks(
         far = faiss.index_cpu_to_gpu(res, gpu_id, far)
     index.add(x32)
     far.add(np.hstack([x32, sq.astype(np.float32)[:, None]]))
-    sq32 = sq.astype(np.float32)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         rows = np.arange(s, e)
