@@ -13,6 +13,13 @@ def test_tiny_and_demo_configs_load():
         assert cfg.data.format == "synth" and cfg.data.synth_preset == name
 
 
+def test_gpu_cluster_presets_load():
+    for name in ("aic21", "veri776"):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert cfg.models and all(m.scaling.use_gpu and m.pretrained for m in cfg.models)
+        assert cfg.extract.num_gpus_per_actor > 0 and cfg.tune.space
+
+
 def test_overrides_typed_and_nested():
     cfg = load_config("configs/tiny.yaml", ["run_dir=/tmp/elsewhere", "data.validation.num_ids=7"])
     assert cfg.run_dir == "/tmp/elsewhere" and cfg.data.validation.num_ids == 7
