@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo demo-uda bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: install
 
 demo: install
 	$(PY) jobs/pipeline.py --config configs/demo.yaml
+
+# stage 2 (pseudo-labels + fine-tuning) on the demo city with two cameras only the test split sees
+demo-uda: install
+	$(PY) jobs/pipeline.py --config configs/demo.yaml --set uda.enabled=true --set run_dir=runs/demo-uda \
+		--set data.root=data/synth-demo-newcams --set data.synth_options.test_only_cameras=2
 
 bench: install
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

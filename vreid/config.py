@@ -47,6 +47,8 @@ class DataConfig(StrictModel):
         "tiny", description="with format 'synth': generate this preset at root when absent"
     )
     seed: int = Field(0, description="seed of the synthetic city and of the VehicleID gallery draw")
+    synth_options: dict[str, Any] = Field(
+        default_factory=dict, description="preset fields to override, e.g. {test_only_cameras: 2} (a new scenario)")
     on_bad_image: Literal["fail", "skip"] = Field(
         "fail", description="unreadable images: fail naming the file, or skip and record the reason"
     )
@@ -100,6 +102,8 @@ class StageConfig(StrictModel):
         None, ge=1, description="multi-domain learning (001): only the first N synthetic identities")
     freeze_stages: int = Field(0, ge=0, le=4, description="freeze stem + first N stages (001 fine-tune: 2)")
     new_classifier: bool = Field(False, description="two-stage learning (002): replace the classifier")
+    classifier_init: Literal["random", "centroids"] = Field(
+        "random", description="a new classifier's rows: random (BoT) or the classes' mean f_bn (003 UDA)")
     loss: LossConfig = LossConfig()
     augment: AugmentConfig = AugmentConfig()
 
@@ -125,6 +129,8 @@ class ModelConfig(StrictModel):
     input_size: tuple[int, int] = (64, 64)
     pretrained: bool = False
     pretrained_path: str | None = None
+    init_from: str | None = Field(
+        None, description="a trained model directory to start from, e.g. the stage-1 model of UDA stage 2")
     weight: float = Field(1.0, ge=0, description="ensemble weight of this model's feature (000/002)")
     recipe: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
     scaling: ScalingSection = ScalingSection()
@@ -316,6 +322,39 @@ class TuneConfig(StrictModel):
         description="'step.param' -> dimension (e.g. rerank.k1), or 'step' -> {type: switch} to turn a step on/off")
 
 
+class DBSCANSetting(StrictModel):
+    eps: float = Field(0.55, gt=0, le=1, description="003 code: 0.55")
+    min_samples: int = Field(10, ge=2, description="003 code: 10")
+
+
+def _uda_stage() -> StageConfig:
+    return StageConfig(name="uda", epochs=3, optimizer="sgd", lr=4e-4, classifier_init="centroids")
+
+
+class UDAConfig(StrictModel):
+    """Stage 2: pseudo-labels on the test split, then fine-tuning on them (001 Identity Mining,
+    003 DBSCAN UDA; METHODS.md, Pseudo-labels and UDA)."""
+
+    enabled: bool = False
+    method: Literal["dbscan", "identity_mining", "kmeans"] = Field("dbscan", description="labels stage 2 trains on")
+    models: list[str] | None = Field(None, description="re-ID models to fine-tune (null: every reid-task model)")
+    camera_alpha: float | None = Field(1.0, ge=0, description="camera-bias removal before clustering (003 eq. 2); "
+                                                             "null: off")
+    tracklet_beta: float | None = Field(0.0005, ge=0, le=1, description="tracklet fusion (003 §3.2: 0.0005); null: off")
+    k1: int = Field(20, ge=1, description="k-reciprocal graph of the Jaccard distance (Zhong et al.: 20)")
+    k2: int = Field(6, ge=1, description="Zhong et al.: 6")
+    jaccard_weight: float = Field(0.9, ge=0, le=1, description="003 code: 0.9 Jaccard + 0.1 cosine")
+    dbscan: list[DBSCANSetting] = Field(
+        default_factory=lambda: [DBSCANSetting(), DBSCANSetting(eps=0.6)],
+        description="one stage-2 model per setting and re-ID model: two settings for diversity (003)")
+    d_n: float = Field(0.49, gt=0, description="Identity Mining (001): picked queries pairwise farther than d_n")
+    d_p: float = Field(0.23, gt=0, description="Identity Mining (001): label images closer than d_p")
+    kmeans_num_ids: int | None = Field(
+        None, ge=2, description="k-means baseline (001): clusters; null = test identities in the ground truth")
+    stage: StageConfig = Field(default_factory=_uda_stage,
+                               description="003: 3 epochs at constant lr 4e-4, classifier from centroids")
+
+
 class RunConfig(StrictModel):
     """The whole run. Later stages add their own sections."""
 
@@ -328,6 +367,7 @@ class RunConfig(StrictModel):
     extract: ExtractConfig = ExtractConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     tune: TuneConfig = TuneConfig()
+    uda: UDAConfig = UDAConfig()
 
     @model_validator(mode="after")
     def _strip_run_dir(self) -> RunConfig:
@@ -336,6 +376,10 @@ class RunConfig(StrictModel):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        reid = sorted(m.name for m in self.models if m.task == "reid")
+        unknown = sorted(set(self.uda.models or []) - set(reid)) if self.uda.enabled else []
+        if unknown:
+            raise ValueError(f"uda.models {unknown} are not reid-task models of this config (those are {reid})")
         return self
 
 

@@ -81,6 +81,30 @@ def tuned_postprocess(cfg: RunConfig, manifest) -> PostprocessConfig:
     return result["best_config"]
 
 
+def run_uda_stage(cfg: RunConfig, manifest, timings: dict[str, float]) -> RunConfig:
+    """UDA stage 2: post-process stage 1 for the comparison, pseudo-label, fine-tune, re-extract,
+    post-process stage 2 with the same settings; returns the config the later stages run on."""
+    from vreid.features.extract import extract_features
+    from vreid.postprocess.actor import postprocess_run
+    from vreid.train.uda import train_stage2, write_stage2_summary
+
+    base = cfg.postprocess
+    with _stage("postprocess_stage1", timings):
+        stage1 = postprocess_run(cfg, base.model_copy(update={"name": "stage1"}))
+    with _stage("train_stage2", timings):
+        cfg2, todo, quality = train_stage2(cfg, manifest)
+    test = {"stage1": stage1["ablation"]}
+    if todo:
+        with _stage("extract_stage2", timings):
+            extract_features(cfg2, manifest, "test")
+            if cfg.data.validation.num_ids > 0:
+                extract_features(cfg2, manifest, "val")
+        with _stage("postprocess_stage2", timings):
+            test["stage2"] = postprocess_run(cfg2, base.model_copy(update={"name": "stage2"}))["ablation"]
+    write_stage2_summary(cfg.run_dir, todo, quality, test)
+    return cfg2
+
+
 @contextmanager
 def _stage(name: str, timings: dict[str, float]):
     log.info("stage %s: start", name)
@@ -121,6 +145,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         extract_features(cfg, manifest, "test")
         if validation:
             extract_features(cfg, manifest, "val")
+    if cfg.uda.enabled:
+        cfg = run_uda_stage(cfg, manifest, timings)
     pcfg = cfg.postprocess
     if cfg.tune.space:
         if not validation:

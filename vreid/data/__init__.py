@@ -86,7 +86,7 @@ def load_dataset(data_cfg) -> pa.Table:
     from vreid.data.synth import generate
 
     if data_cfg.format == "synth" and data_cfg.synth_preset is not None:
-        generate(data_cfg.root, data_cfg.synth_preset, seed=data_cfg.seed)
+        generate(data_cfg.root, data_cfg.synth_preset, seed=data_cfg.seed, **data_cfg.synth_options)
     table = load_manifest(data_cfg.root, data_cfg.format, on_bad_image=data_cfg.on_bad_image,
                           verify_images=data_cfg.verify_images,
                           vehicleid_test_size=data_cfg.vehicleid_test_size, seed=data_cfg.seed)

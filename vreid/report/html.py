@@ -103,8 +103,43 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _pct(v: Any) -> str:
+    return f"{100 * v:.1f}" if isinstance(v, (int, float)) and v == v else ""
+
+
+def uda_section(summary: dict[str, Any]) -> str:
+    """Stage 1 vs stage 2 on the test split, each stage-2 model's validation mAP, and the quality
+    of every pseudo-labeller (``<run>/uda/summary.json``)."""
+    out = []
+    test = summary["test"]
+    if test.get("stage1") and test.get("stage2"):
+        out.append("<h3>Test split, same post-processing</h3><table><tr><th>stage</th><th>features only mAP</th>"
+                   "<th>final mAP</th><th>final rank-1</th></tr>" +
+                   "".join(f"<tr><td>{k}</td><td>{_pct(v[0]['mAP'])}</td><td>{_pct(v[-1]['mAP'])}</td>"
+                           f"<td>{_pct(v[-1]['rank-1'])}</td></tr>" for k, v in test.items()) + "</table>")
+    if summary["models"]:
+        out.append("<h3>Stage-2 models</h3><table><tr><th>model</th><th>from</th><th>labels</th><th>images</th>"
+                   "<th>classes</th><th>val mAP stage 1</th><th>val mAP stage 2</th></tr>" +
+                   "".join(f"<tr><td>{html.escape(m['model'])}</td><td>{html.escape(m['source'])}</td>"
+                           f"<td>{html.escape(m['method'])}</td><td>{m['images']}</td><td>{m['classes']}</td>"
+                           f"<td>{_pct(m['val_mAP_stage1'])}</td><td>{_pct(m['val_mAP_stage2'])}</td></tr>"
+                           for m in summary["models"]) + "</table>")
+    else:
+        out.append("<p>Stage 2 was skipped: no model had usable pseudo-labels.</p>")
+    if summary["quality"] and "pair_precision" in summary["quality"][0]:
+        out.append("<h3>Pseudo-label quality (test ground truth)</h3><table><tr><th>model</th><th>method</th>"
+                   "<th>pair precision</th><th>pair recall</th><th>labelled</th><th>clusters</th>"
+                   "<th>true ids</th></tr>" +
+                   "".join(f"<tr><td>{html.escape(q['model'])}</td><td>{html.escape(q['method'])}"
+                           f"{' (used)' if q['used'] else ''}</td><td>{_pct(q['pair_precision'])}</td>"
+                           f"<td>{_pct(q['pair_recall'])}</td><td>{_pct(q['labelled_fraction'])}</td>"
+                           f"<td>{q['num_clusters']}</td><td>{q['num_true_ids']}</td></tr>"
+                           for q in summary["quality"]) + "</table>")
+    return "".join(out)
+
+
 def write_report(run_dir: str | Path, manifest, results_name: str, config_yaml: str,
-                 timings: dict[str, float], extra_sections: dict[str, str] | None = None) -> Path:
+                 timings: dict[str, float]) -> Path:
     """Write ``<run>/report/report.html`` (+ PNGs) from what the run left on disk."""
     import pyarrow.parquet as pq
 
@@ -141,8 +176,9 @@ def write_report(run_dir: str | Path, manifest, results_name: str, config_yaml: 
         histories[model_json.parent.name] = json.loads(model_json.read_text()).get("history", [])
     if histories:
         sections.append("<h2>Training</h2>" + _img(plot_training(histories, out / "training.png")))
-    for title, body in (extra_sections or {}).items():
-        sections.append(f"<h2>{html.escape(title)}</h2>{body}")
+    if (run / "uda" / "summary.json").is_file():
+        sections.append("<h2>UDA stage 2 (pseudo-labels)</h2>" +
+                        uda_section(json.loads((run / "uda" / "summary.json").read_text())))
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items())
     sections.append(f"<h2>Timings per stage</h2><table>{rows}</table>")
     sections.append(f"<h2>Configuration</h2><pre>{html.escape(config_yaml)}</pre>")

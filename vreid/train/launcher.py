@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from vreid.config import ModelConfig, RunConfig
 from vreid.data import dataset_root, split_table, validation_split, write_manifest
-from vreid.models.trained import SUCCESS, export_trained_model
+from vreid.models.trained import SUCCESS, export_trained_model, read_trained_meta
 
 log = logging.getLogger("vreid.train")
 
@@ -39,11 +39,20 @@ class ModelResult:
     error: str | None = None
 
 
-def model_key(cfg: RunConfig, model: ModelConfig) -> str:
-    """What a trained model depends on: its own config, the data, the validation split and seed."""
+def table_fingerprint(table: pa.Table) -> str:
+    """Digest of the rows a model trains on (image, split, label), for tables not fixed by the config."""
+    h = hashlib.sha256()
+    for col in ("image_id", "split", "pid"):
+        h.update(json.dumps(table.column(col).to_pylist()).encode())
+    return h.hexdigest()[:16]
+
+
+def model_key(cfg: RunConfig, model: ModelConfig, rows: str | None = None) -> str:
+    """What a trained model depends on: its own config, the data, the validation split and seed
+    (and ``rows``, the fingerprint of a training table built outside the config, e.g. pseudo-labels)."""
     payload = {"model": model.model_dump(mode="json", exclude={"weight", "scaling"}),
                "data": cfg.data.model_dump(mode="json", exclude={"on_bad_image", "verify_images"}),
-               "seed": cfg.seed}
+               "seed": cfg.seed, **({"rows": rows} if rows else {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -104,6 +113,11 @@ def preflight(models: list[ModelConfig], table: pa.Table) -> None:
                         ibn=m.ibn, last_stride=m.last_stride, pooling=m.pooling, embedding_dim=m.embedding_dim)
         except ValueError as exc:
             raise ValueError(f"model '{m.name}': {exc}") from None
+        if m.init_from:
+            try:
+                read_trained_meta(m.init_from)
+            except FileNotFoundError as exc:
+                raise ValueError(f"model '{m.name}': init_from: {exc}") from None
         for stage in m.recipe:
             rows = stage_rows(train, stage)
             ids = len(pc.unique(rows.column("pid")))
@@ -152,16 +166,23 @@ def _fit(model_cfg: dict, loop_cfg: dict, storage: str, run_name: str, max_failu
             "history": history, "metrics": result.metrics}
 
 
-def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = None) -> list[ModelResult]:
-    """Train every model of ``cfg`` concurrently; returns one result per model (none raises)."""
+def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = None, *,
+                 tables: dict[str, pa.Table] | None = None, work: str = "train") -> list[ModelResult]:
+    """Train every model of ``cfg`` (or those named in ``only``) concurrently; returns one result
+    per model (none raises). ``tables``: a training manifest per model name when it is not the
+    config's own (:func:`training_manifest`), e.g. each UDA model's pseudo-labelled test images;
+    ``work``: the folder of the run directory for the trainers' manifests and checkpoints."""
     import ray
 
     run_dir = Path(cfg.run_dir).resolve()
     models = [m for m in cfg.models if only is None or m.name in only]
+    if tables is not None and (missing := [m.name for m in models if m.name not in tables]):
+        raise ValueError(f"train_models: no training table for {missing}")
     results: dict[str, ModelResult] = {}
     todo = []
     for m in models:
-        out, key = run_dir / "models" / m.name, model_key(cfg, m)
+        key = model_key(cfg, m, table_fingerprint(tables[m.name]) if tables is not None else None)
+        out = run_dir / "models" / m.name
         done = out / SUCCESS
         if done.is_file() and json.loads(done.read_text()).get("key") == key:
             results[m.name] = ModelResult(m.name, "skipped", out,
@@ -172,23 +193,30 @@ def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = No
     if not todo:
         return [results[m.name] for m in models]
     check_resources([m for m, _ in todo], cfg.train.resource_wait_s)
-    table = training_manifest(cfg, manifest)
-    preflight([m for m, _ in todo], table)
-    manifest_path = write_manifest(table, run_dir / "train" / "manifest.parquet")
-    loop_cfg = {"manifest_path": str(manifest_path), "dataset_root": str(dataset_root(manifest)),
+    shared = training_manifest(cfg, manifest) if tables is None else None
+    loop_cfg = {"dataset_root": str(dataset_root(manifest)),
                 "seed": cfg.seed, "num_threads": cfg.train.num_threads, "amp": cfg.train.amp,
                 "eval_every": cfg.train.eval_every, "eval_batch_size": cfg.train.eval_batch_size,
                 "loader_workers": cfg.train.loader_workers}
-    n_val = pc.sum(pc.not_equal(table.column("split"), "train")).as_py() or 0
-    storage = str(run_dir / "train" / "ray")
+    for m, _ in todo:
+        preflight([m], shared if tables is None else tables[m.name])
+    shared_path = write_manifest(shared, run_dir / work / "manifest.parquet") if tables is None else None
+    manifests = {}
+    for m, _ in todo:
+        table = shared if tables is None else tables[m.name]
+        path = shared_path or write_manifest(table, run_dir / work / "manifests" / f"{m.name}.parquet")
+        manifests[m.name] = (str(path), pc.sum(pc.not_equal(table.column("split"), "train")).as_py() or 0)
+    storage = str(run_dir / work / "ray")
     fit = ray.remote(num_cpus=0, max_retries=0)(_fit)
     pending = {}
     for m, key in todo:
+        manifest_path, n_val = manifests[m.name]
         log.info("model %s: %s/%s on %d worker(s) (use_gpu=%s, %g CPU, %g GPU each), %d epochs, "
                  "%d validation images", m.name, m.backbone, m.head, m.scaling.num_workers, m.scaling.use_gpu,
                  m.scaling.cpus_per_worker, m.scaling.gpus_per_worker if m.scaling.use_gpu else 0,
                  sum(s.epochs for s in m.recipe), n_val)
-        ref = fit.remote(m.model_dump(mode="json"), loop_cfg, storage, f"{m.name}-{key}", cfg.train.max_failures)
+        ref = fit.remote(m.model_dump(mode="json"), {**loop_cfg, "manifest_path": manifest_path}, storage,
+                         f"{m.name}-{key}", cfg.train.max_failures)
         pending[ref] = (m, key)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

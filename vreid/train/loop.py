@@ -78,6 +78,19 @@ def extract(model: torch.nn.Module, loader, device) -> np.ndarray:
     return torch.cat(feats).numpy()
 
 
+@torch.no_grad()
+def class_centroids(model, rows: pa.Table, labels: np.ndarray, root: Path, transform, device,
+                    batch_size: int) -> torch.Tensor:
+    """Classifier rows for pseudo-identities: each class's L2-normalised mean f_bn, the
+    classifier's input, in eval mode (003 UDA)."""
+    from vreid.train.pseudo import centroids
+
+    model.eval()
+    loader = torch.utils.data.DataLoader(ReIDImageDataset(rows, root, transform, labels={}), batch_size=batch_size)
+    fbn = [model.head(model.backbone(b["image"].to(device)))["feat_bn"].float().cpu() for b in loader]
+    return torch.from_numpy(centroids(torch.cat(fbn).numpy(), labels))
+
+
 def validate(model, val: pa.Table, root: Path, transform, device, batch_size: int) -> dict[str, float]:
     from vreid.eval import evaluate
     from vreid.postprocess.ensemble import pairwise_sq_distances
@@ -145,21 +158,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         num_colors = int(max(attr["color"].max() + 1, 1)) if mcfg.head != "bnneck" else 0
         num_types = int(max(attr["vtype"].max() + 1, 1)) if mcfg.head != "bnneck" else 0
         if model is None:
-            build_args = dict(backbone=mcfg.backbone, head=mcfg.head, task=mcfg.task, num_classes=num_classes,
-                              input_size=list(mcfg.input_size), num_colors=num_colors, num_types=num_types,
-                              ibn=mcfg.ibn, last_stride=mcfg.last_stride, pooling=mcfg.pooling,
-                              embedding_dim=mcfg.embedding_dim)
-            model = build_model(**{**build_args, "input_size": tuple(mcfg.input_size)},
-                                pretrained=mcfg.pretrained and state is None,
-                                pretrained_path=mcfg.pretrained_path if state is None else None)
-            if state is not None:
-                if int(state["stage"]) != si:  # resuming at the first epoch of a new stage
-                    model.reset_classifier(int(state["num_classes"]))
+            if state is not None:  # the architecture the checkpoint was saved with
+                build_args = json.loads(state["build_args"])
+                model = build_model(**{**build_args, "input_size": tuple(build_args["input_size"])})
                 model.load_state_dict(state["model"])
+            elif mcfg.init_from:  # e.g. UDA stage 2 starts from the stage-1 model
+                from vreid.models.trained import load_trained_model
+
+                model, meta = load_trained_model(mcfg.init_from)
+                build_args = dict(meta["build_args"])
+            else:
+                build_args = dict(backbone=mcfg.backbone, head=mcfg.head, task=mcfg.task, num_classes=num_classes,
+                                  input_size=list(mcfg.input_size), num_colors=num_colors, num_types=num_types,
+                                  ibn=mcfg.ibn, last_stride=mcfg.last_stride, pooling=mcfg.pooling,
+                                  embedding_dim=mcfg.embedding_dim)
+                model = build_model(**{**build_args, "input_size": tuple(mcfg.input_size)},
+                                    pretrained=mcfg.pretrained, pretrained_path=mcfg.pretrained_path)
+            model.to(device)
         if epoch == 0 and rank == 0 and validating:  # the baseline every later epoch is compared with
             history.append({"epoch": -1, "stage": "init",
                             **validate(model, val, root, test_tf, device, config["eval_batch_size"])})
-        if epoch == bounds[si] and (si > 0 and (stage.new_classifier or num_classes != model.num_classes)):
+        if epoch == bounds[si] and stage.classifier_init == "centroids":
+            model.reset_classifier(num_classes, class_centroids(model, rows, labels, root, test_tf, device,
+                                                                config["eval_batch_size"]))
+        elif epoch == bounds[si] and (si > 0 or mcfg.init_from) and (
+                stage.new_classifier or num_classes != model.num_classes):
             model.reset_classifier(num_classes)  # two-stage learning (002): new classifier
         if model.num_classes != num_classes:
             raise RuntimeError(f"model '{mcfg.name}' stage '{stage.name}': checkpoint has "
