@@ -92,6 +92,12 @@ def check_resources(models: list[ModelConfig], wait_s: float = 0.0) -> None:
                     missing.append(f"model '{m.name}' asks for {m.scaling.num_workers} worker(s) x "
                                    f"{amount:g} {res} = {want:g} {res}; the cluster has {total.get(res, 0.0):g}")
         if not missing:
+            together = {res: sum(b[res] * m.scaling.num_workers for m, b in need) for res in ("CPU", "GPU")}
+            short = [f"{v:g} {res} (the cluster has {total.get(res, 0.0):g})" for res, v in together.items()
+                     if v > total.get(res, 0.0) + 1e-9]
+            if short:
+                log.warning("the models ask for %s together: some start only when others finish",
+                            " and ".join(short))
             return
         if time.monotonic() >= deadline:
             hint = "" if wait_s else " (set train.resource_wait_s to wait for an autoscaler)"

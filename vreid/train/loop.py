@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -258,11 +259,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0 and validating and (last or (epoch + 1) % config["eval_every"] == 0):
                 metrics.update(validate(model, val, root, test_tf, device, config["eval_batch_size"]))
             history.append(metrics)
-            if rank == 0:  # one progress line per epoch in the job log
+            if rank == 0:  # one progress line per epoch (not print: Train's patched print echoes it twice)
                 shown = {k: metrics[k] for k in ("id", "triplet", "val_mAP") if k in metrics}
-                print(f"[{mcfg.name}] epoch {epoch + 1}/{total} ({stage.name}) "
-                      + " ".join(f"{k}={v:.4f}" for k, v in shown.items())
-                      + f" {metrics['images_per_s']:.0f} img/s", flush=True)
+                sys.stdout.write(f"[{mcfg.name}] epoch {epoch + 1}/{total} ({stage.name}) "
+                                 + " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                                 + f" {metrics['images_per_s']:.0f} img/s\n")
+                sys.stdout.flush()
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:

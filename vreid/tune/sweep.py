@@ -211,7 +211,8 @@ def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig
             tune_config=tune.TuneConfig(metric=tcfg.metric, mode="max", num_samples=tcfg.num_samples,
                                         search_alg=_search_alg(tcfg, default_point(base, tcfg.space)),
                                         max_concurrent_trials=tcfg.max_concurrent_trials,
-                                        time_budget_s=tcfg.time_budget_s),
+                                        time_budget_s=tcfg.time_budget_s,
+                                        reuse_actors=True),  # one actor (and one copy of the inputs) per slot
             run_config=tune.RunConfig(name=tcfg.name, storage_path=storage, verbose=0))
     log.info("tune: %d trials over %s, %d at a time, metric %s", tcfg.num_samples, sorted(tcfg.space),
              tcfg.max_concurrent_trials, tcfg.metric)
