@@ -43,8 +43,18 @@ def test_pseudo_manifest_trains_on_labelled_test_images_and_keeps_validation(tmp
     assert train.column("image_id").to_pylist() == [i for i, lab in zip(rows.column("image_id").to_pylist(), labels)
                                                     if lab >= 0]
     assert set(train.column("domain").to_pylist()) == {"real"}
-    val = training_manifest(cfg, tiny_manifest)
-    assert table.num_rows - train.num_rows == pc.sum(pc.not_equal(val.column("split"), "train")).as_py()
+    assert set(train.column("color").to_pylist()) == set(train.column("vtype").to_pylist()) == {-1}
+    stage1 = training_manifest(cfg, tiny_manifest)
+    assert table.num_rows - train.num_rows == pc.sum(pc.not_equal(stage1.column("split"), "train")).as_py()
+    # 001: the pseudo-identities expand the labelled training set, after its pids
+    both = pseudo_manifest(PseudoLabels(stage2_model(cfg, cfg.models[0], "bot-uda"), "bot", "kmeans", rows, labels),
+                           stage1, with_training_set=True)
+    validate_manifest(both)
+    src = stage1.filter(pc.equal(stage1.column("split"), "train"))
+    both_train = both.filter(pc.equal(both.column("split"), "train"))
+    assert both_train.num_rows == src.num_rows + train.num_rows
+    offset = pc.max(src.column("pid")).as_py() + 1
+    assert both_train.column("pid").to_pylist() == src.column("pid").to_pylist() + (labels[labels >= 0] + offset).tolist()
 
 
 def test_stage2_config_puts_stage2_models_in_the_ensemble(tmp_path):
@@ -105,7 +115,7 @@ def stage1_run(tmp_path_factory, tiny_stores):
     run = tmp_path_factory.mktemp("uda") / "run"
     shutil.copytree(stores_cfg.run_dir, run)
     cfg = load_config("configs/tiny.yaml", [f"run_dir={run}", f"data.root={stores_cfg.data.root}",
-                                            "uda.enabled=true", "uda.models=[attr]"])
+                                            "uda.enabled=true", "uda.models=[attr]", "data.validation.num_ids=0"])
     cfg.models = stores_cfg.models
     return cfg
 
@@ -132,10 +142,16 @@ def test_stage2_trains_through_the_launcher(stage1_run, tiny_manifest):
     assert pq.read_table(run / "uda" / "attr-uda.parquet").num_rows == todo[0].labels.size
     model, meta = load_trained_model(run / "models" / "attr-uda")
     assert len(meta["class_ids"]) == n_ids and model.num_classes == n_ids
-    assert [h["stage"] for h in meta["history"]] == ["init", "uda"]
+    assert [h["stage"] for h in meta["history"]] == ["uda"]
     assert meta["config"]["init_from"] == str((run / "models" / "attr").resolve())
+    # it started from the stage-1 weights: one epoch at lr 4e-4 moved them only a little
+    src, src_meta = load_trained_model(run / "models" / "attr")
+    old_w = src.backbone.model.state_dict()
+    new_w = model.backbone.model.state_dict()
+    conv = next(k for k, v in old_w.items() if v.ndim == 4)
+    change = float((new_w[conv] - old_w[conv]).norm() / old_w[conv].norm())
+    assert 0 < change < 0.05, change
     # the stage-1 attribute classifiers carry over (stage 2 has no attribute labels)
-    _, src_meta = load_trained_model(run / "models" / "attr")
     assert meta["build_args"]["num_colors"] == src_meta["build_args"]["num_colors"]
     assert [m.name for m in cfg2.models] == ["attr", "cam", "attr-uda"]
     assert cfg2.postprocess.ensemble.models == ["attr-uda"]
@@ -185,5 +201,6 @@ def test_pipeline_stage2_compares_the_stages_in_the_report(stage1_run, tiny_mani
         assert summary["test"][stage][-1]["step"] == json.loads(
             (run / "results" / stage / "metrics.json").read_text())["ablation"][-1]["step"]
     assert summary["models"][0]["model"] == "attr-uda" and summary["models"][0]["classes"] == 10
+    assert summary["test"]["stage2"][0]["mAP"] != summary["test"]["stage1"][0]["mAP"]  # the stage-2 features
     page = write_report(run, tiny_manifest, "stage2", "cfg", timings).read_text()
     assert "UDA stage 2" in page and "Pseudo-label quality" in page and "kmeans (used)" in page

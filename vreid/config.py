@@ -351,6 +351,9 @@ class UDAConfig(StrictModel):
     d_p: float = Field(0.23, gt=0, description="Identity Mining (001): label images closer than d_p")
     kmeans_num_ids: int | None = Field(
         None, ge=2, description="k-means baseline (001): clusters; null = test identities in the ground truth")
+    with_training_set: bool = Field(
+        False, description="001: the pseudo-labelled test images expand the labelled training set; "
+                           "003: stage 2 trains on them alone")
     stage: StageConfig = Field(default_factory=_uda_stage,
                                description="003: 3 epochs at constant lr 4e-4, classifier from centroids")
 

@@ -1,6 +1,7 @@
-"""The flow of DESIGN.md as one function: synth -> train -> extract -> tune -> post-process ->
-report. Each stage skips work that is complete for the same config, so a rerun after a failure
-continues where it stopped; results of a complete run are replaced only atomically."""
+"""The flow of DESIGN.md as one function: synth -> train -> extract -> [UDA stage 2: pseudo-label,
+fine-tune, extract] -> tune -> post-process -> report. Each stage skips work that is complete for
+the same config, so a rerun after a failure continues where it stopped; results of a complete
+run are replaced only atomically."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,10 +60,12 @@ def check_cluster(cfg: RunConfig) -> None:
 
 
 def _tune_key(cfg: RunConfig) -> str:
-    from vreid.train.launcher import model_key
+    """What a finished sweep depends on: its settings and the exact weights of every model."""
+    from vreid.models.trained import read_trained_meta
 
+    weights = [read_trained_meta(Path(cfg.run_dir) / "models" / m.name)["sha256"] for m in cfg.models]
     payload = {"tune": cfg.tune.model_dump(mode="json"), "postprocess": cfg.postprocess.model_dump(mode="json"),
-               "models": [model_key(cfg, m) for m in cfg.models], "extract": cfg.extract.model_dump(mode="json")}
+               "models": weights, "extract": cfg.extract.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -76,6 +80,12 @@ def tuned_postprocess(cfg: RunConfig, manifest) -> PostprocessConfig:
     if summary.is_file() and json.loads(summary.read_text()).get("key") == key:
         log.info("stage tune: sweep already complete (%s), reusing its best configuration", out)
         return load_config(out / "best_postprocess.yaml", model=PostprocessConfig)
+    marker = out / "sweep_key.txt"  # written first: an interrupted sweep of this config resumes
+    if out.exists() and not (marker.is_file() and marker.read_text() == key):
+        log.info("stage tune: %s holds a sweep of other models or settings, starting over", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
     result = run_sweep(cfg, load_inputs(cfg, manifest, "val"))
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "key": key}, indent=1))
     return result["best_config"]
@@ -88,9 +98,8 @@ def run_uda_stage(cfg: RunConfig, manifest, timings: dict[str, float]) -> RunCon
     from vreid.postprocess.actor import postprocess_run
     from vreid.train.uda import train_stage2, write_stage2_summary
 
-    base = cfg.postprocess
     with _stage("postprocess_stage1", timings):
-        stage1 = postprocess_run(cfg, base.model_copy(update={"name": "stage1"}))
+        stage1 = postprocess_run(cfg, cfg.postprocess.model_copy(update={"name": "stage1"}))
     with _stage("train_stage2", timings):
         cfg2, todo, quality = train_stage2(cfg, manifest)
     test = {"stage1": stage1["ablation"]}
@@ -100,7 +109,7 @@ def run_uda_stage(cfg: RunConfig, manifest, timings: dict[str, float]) -> RunCon
             if cfg.data.validation.num_ids > 0:
                 extract_features(cfg2, manifest, "val")
         with _stage("postprocess_stage2", timings):
-            test["stage2"] = postprocess_run(cfg2, base.model_copy(update={"name": "stage2"}))["ablation"]
+            test["stage2"] = postprocess_run(cfg2, cfg2.postprocess.model_copy(update={"name": "stage2"}))["ablation"]
     write_stage2_summary(cfg.run_dir, todo, quality, test)
     return cfg2
 

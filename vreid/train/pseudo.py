@@ -280,7 +280,7 @@ def check_labels(labels, what: str) -> None:
     if len(clusters) == 1:
         raise PseudoLabelError(
             f"{what}: one cluster ({int((lab >= 0).sum())} labelled points share label "
-            f"{int(clusters[0])}): a classifier needs at least 2; loosen eps/min_samples"
+            f"{int(clusters[0])}): a classifier needs at least 2; lower eps"
         )
 
 

@@ -120,16 +120,23 @@ def pseudo_label(cfg: RunConfig, manifest: pa.Table) -> tuple[list[PseudoLabels]
     return todo, quality
 
 
-def pseudo_manifest(labels: PseudoLabels, validation: pa.Table) -> pa.Table:
+def pseudo_manifest(labels: PseudoLabels, stage1: pa.Table, with_training_set: bool = False) -> pa.Table:
     """Training table of one stage-2 model: the labelled test images as split ``train`` (pid = the
-    pseudo-identity) plus the validation rows of stage 1, so both stages validate alike."""
+    pseudo-identity, after the training pids when ``with_training_set`` keeps stage 1's labelled
+    training rows, 001) plus stage 1's validation rows, so both stages validate alike."""
+    is_train = pc.equal(stage1.column("split"), "train")
+    source = stage1.filter(is_train) if with_training_set else stage1.slice(0, 0)
+    offset = (pc.max(source.column("pid")).as_py() + 1) if source.num_rows else 0
     keep = labels.labels >= 0
     rows = labels.rows.filter(pa.array(keep))
-    rows = rows.set_column(rows.schema.get_field_index("pid"), "pid", pa.array(labels.labels[keep], pa.int64()))
-    rows = rows.set_column(rows.schema.get_field_index("split"), "split", pa.array(["train"] * rows.num_rows))
-    rows = rows.set_column(rows.schema.get_field_index("domain"), "domain", pa.array(["real"] * rows.num_rows))
-    val = validation.filter(pc.not_equal(validation.column("split"), "train"))
-    return pa.concat_tables([rows.cast(validation.schema), val])
+    rows = rows.set_column(rows.schema.get_field_index("pid"), "pid",
+                           pa.array(labels.labels[keep] + offset, pa.int64()))
+    n = rows.num_rows
+    for name, value in (("split", "train"), ("domain", "real"), ("color", -1), ("vtype", -1)):
+        # attributes unknown: the test split's own labels (where a dataset has them) stay unseen
+        column = pa.array([value] * n).cast(rows.schema.field(name).type)
+        rows = rows.set_column(rows.schema.get_field_index(name), name, column)
+    return pa.concat_tables([source, rows.cast(stage1.schema), stage1.filter(pc.invert(is_train))])
 
 
 def write_pseudo_labels(run_dir: str | Path, todo: list[PseudoLabels], quality: list[dict[str, Any]]) -> Path:
@@ -183,8 +190,8 @@ def train_stage2(cfg: RunConfig, manifest: pa.Table) -> tuple[RunConfig, list[Ps
         log.warning("stage 2 skipped: no model has usable pseudo-labels")
         return cfg, todo, quality
     cfg2 = stage2_config(cfg, todo)
-    val = training_manifest(cfg, manifest)
-    tables = {p.model.name: pseudo_manifest(p, val) for p in todo}
+    stage1 = training_manifest(cfg, manifest)
+    tables = {p.model.name: pseudo_manifest(p, stage1, cfg.uda.with_training_set) for p in todo}
     require_trained(train_models(cfg2, manifest, only=list(tables), tables=tables, work="train-uda"))
     return cfg2, todo, quality
 
