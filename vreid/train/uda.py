@@ -61,7 +61,7 @@ def stage2_names(cfg: RunConfig, source: str) -> list[str]:
     return [f"{source}-uda" if n == 1 else f"{source}-uda{i}" for i in range(n)]
 
 
-def test_rows_and_features(cfg: RunConfig, manifest: pa.Table, model: str) -> tuple[pa.Table, np.ndarray, int]:
+def stage1_test_features(cfg: RunConfig, manifest: pa.Table, model: str) -> tuple[pa.Table, np.ndarray, int]:
     """The test query + gallery rows (manifest order), the stage-1 store's features for them and
     the number of queries."""
     sha = read_trained_meta(Path(cfg.run_dir) / "models" / model)["sha256"]
@@ -99,7 +99,7 @@ def pseudo_label(cfg: RunConfig, manifest: pa.Table) -> tuple[list[PseudoLabels]
     chosen = _method_names(cfg)
     todo, quality = [], []
     for src in source_models(cfg):
-        rows, feats, n_query = test_rows_and_features(cfg, manifest, src.name)
+        rows, feats, n_query = stage1_test_features(cfg, manifest, src.name)
         if cfg.uda.tracklet_beta is not None and not (rows.column("trackid").to_numpy() >= 0).any():
             raise ValueError(f"uda.tracklet_beta is set but the test split of {cfg.data.root} has no track ids; "
                              "set uda.tracklet_beta: null to cluster without tracklet fusion")
