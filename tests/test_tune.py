@@ -115,3 +115,25 @@ def test_restore_after_interrupted_sweep(tmp_path, ray_session):
     assert out["num_trials"] == 8
     assert json.loads((exp / "summary.json").read_text())["num_trials"] == 8
     assert yaml.safe_load((exp / "best_postprocess.yaml").read_text())["steps"]
+
+
+def test_pipeline_reuses_its_sweep_and_starts_over_for_other_models(tmp_path, ray_session, monkeypatch):
+    import vreid.pipeline as pipeline
+    import vreid.postprocess.actor as actor
+
+    cfg = _cfg(tmp_path, num_samples=2)
+    out = tmp_path / "run" / "tune" / "postprocess"
+    monkeypatch.setattr(actor, "load_inputs", lambda *args, **kwargs: _city())
+    monkeypatch.setattr(pipeline, "_tune_key", lambda c: "weights-A")
+    pipeline.tuned_postprocess(cfg, None)
+    assert json.loads((out / "summary.json").read_text())["key"] == "weights-A"
+    stamp = (out / "summary.json").stat().st_mtime_ns
+    pipeline.tuned_postprocess(cfg, None)  # same models and settings: the finished sweep is reused
+    assert (out / "summary.json").stat().st_mtime_ns == stamp
+    (out / "left-by-sweep-A").write_text("")
+    monkeypatch.setattr(pipeline, "_tune_key", lambda c: "weights-B")
+    best = pipeline.tuned_postprocess(cfg, None)  # other weights: a new sweep, not a restore of A's
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["key"] == "weights-B" and summary["num_trials"] == 2
+    assert not (out / "left-by-sweep-A").exists()
+    assert best == load_config(out / "best_postprocess.yaml", model=PostprocessConfig)
