@@ -38,6 +38,10 @@ def test_unknown_key_and_wrong_type_name_the_field(tmp_path):
         load_config("configs/tiny.yaml", ["data.validation.num_ids=many"])
     with pytest.raises(ConfigError, match=r"data\.format: Input should be"):
         load_config("configs/tiny.yaml", ["data.format=cityflow"])
+    with pytest.raises(ConfigError, match=r"synth_options \['test_only_cams'\] are not synthetic-city preset fields"):
+        load_config("configs/tiny.yaml", ["data.synth_options.test_only_cams=2"])
+    assert load_config("configs/tiny.yaml", ["data.synth_options.test_only_cameras=2"]).data.synth_options == {
+        "test_only_cameras": 2}
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):

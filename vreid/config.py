@@ -57,6 +57,16 @@ class DataConfig(StrictModel):
     validation: ValidationSplitConfig = ValidationSplitConfig()
     extra_train: list[ExtraTrainData] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _synth_options(self) -> DataConfig:
+        from vreid.data.synth.presets import SynthPreset
+
+        unknown = sorted(set(self.synth_options) - set(SynthPreset.model_fields))
+        if unknown:
+            raise ValueError(f"synth_options {unknown} are not synthetic-city preset fields "
+                             f"(those are {sorted(SynthPreset.model_fields)})")
+        return self
+
 
 class LossConfig(StrictModel):
     """BoT losses (METHODS.md, Training recipe)."""
