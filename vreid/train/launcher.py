@@ -199,19 +199,21 @@ def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = No
     if not todo:
         return [results[m.name] for m in models]
     check_resources([m for m, _ in todo], cfg.train.resource_wait_s)
-    shared = training_manifest(cfg, manifest) if tables is None else None
+    shared = training_manifest(cfg, manifest) if tables is None else None  # the config's own, for all
+    if shared is not None:
+        tables = {m.name: shared for m, _ in todo}
+    for m, _ in todo:
+        preflight([m], tables[m.name])
+    shared_path = write_manifest(shared, run_dir / work / "manifest.parquet") if shared is not None else None
+    manifests = {}
+    for m, _ in todo:
+        table = tables[m.name]
+        path = shared_path or write_manifest(table, run_dir / work / "manifests" / f"{m.name}.parquet")
+        manifests[m.name] = (str(path), pc.sum(pc.not_equal(table.column("split"), "train")).as_py() or 0)
     loop_cfg = {"dataset_root": str(dataset_root(manifest)),
                 "seed": cfg.seed, "num_threads": cfg.train.num_threads, "amp": cfg.train.amp,
                 "eval_every": cfg.train.eval_every, "eval_batch_size": cfg.train.eval_batch_size,
                 "loader_workers": cfg.train.loader_workers}
-    for m, _ in todo:
-        preflight([m], shared if tables is None else tables[m.name])
-    shared_path = write_manifest(shared, run_dir / work / "manifest.parquet") if tables is None else None
-    manifests = {}
-    for m, _ in todo:
-        table = shared if tables is None else tables[m.name]
-        path = shared_path or write_manifest(table, run_dir / work / "manifests" / f"{m.name}.parquet")
-        manifests[m.name] = (str(path), pc.sum(pc.not_equal(table.column("split"), "train")).as_py() or 0)
     storage = str(run_dir / work / "ray")
     fit = ray.remote(num_cpus=0, max_retries=0)(_fit)
     pending = {}

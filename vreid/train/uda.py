@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vreid.config import ModelConfig, RunConfig
+from vreid.config import DBSCANSetting, ModelConfig, RunConfig
 from vreid.data import split_table
 from vreid.features.store import load_features, store_uri
 from vreid.models.trained import read_trained_meta
@@ -49,10 +49,14 @@ def stage2_model(cfg: RunConfig, source: ModelConfig, name: str) -> ModelConfig:
         "recipe": [cfg.uda.stage.model_dump(mode="json")]})
 
 
+def _dbscan_name(setting: DBSCANSetting) -> str:
+    return f"dbscan eps={setting.eps:g} min_samples={setting.min_samples}"
+
+
 def _method_names(cfg: RunConfig) -> list[str]:
     u = cfg.uda
     if u.method == "dbscan":
-        return [f"dbscan eps={s.eps:g} min_samples={s.min_samples}" for s in u.dbscan]
+        return [_dbscan_name(s) for s in u.dbscan]
     return [u.method]
 
 
@@ -72,23 +76,28 @@ def stage1_test_features(cfg: RunConfig, manifest: pa.Table, model: str) -> tupl
     return pa.concat_tables([q, g]), np.concatenate([qf, gf]), q.num_rows
 
 
-def label_all_methods(cfg: RunConfig, rows: pa.Table, features: np.ndarray, n_query: int) -> dict[str, np.ndarray]:
-    """Every pseudo-labeller on one model's clustering features: the DBSCAN settings, Identity
-    Mining, and k-means with the known number of identities when it is known."""
+def label_by_method(cfg: RunConfig, rows: pa.Table, features: np.ndarray, n_query: int) -> dict[str, np.ndarray]:
+    """Pseudo-labels of one model's clustering features by the chosen labeller; when the split has
+    ground truth, by every labeller (the DBSCAN settings, Identity Mining, k-means with the known
+    number of identities) so that their quality can be compared."""
     u = cfg.uda
-    x = pseudo.clustering_features(features, rows.column("camid").to_numpy(), rows.column("trackid").to_numpy(),
-                                   camera_alpha=u.camera_alpha, tracklet_beta=u.tracklet_beta)
-    graph = pseudo.jaccard_cosine_graph(x, k1=min(u.k1, len(x) - 1), k2=u.k2, jaccard_weight=u.jaccard_weight)
-    out = {f"dbscan eps={s.eps:g} min_samples={s.min_samples}": pseudo.dbscan_labels(graph, s.eps, s.min_samples)
-           for s in u.dbscan}
-    out["identity_mining"] = pseudo.identity_mining(x[:n_query], x, d_n=u.d_n, d_p=u.d_p)
     pids = rows.column("pid").to_numpy()
-    num_ids = u.kmeans_num_ids or (len(np.unique(pids[pids >= 0])) if (pids >= 0).all() else None)
-    if num_ids:
-        out["kmeans"] = pseudo.kmeans_labels(x, num_ids, seed=cfg.seed)
-    elif u.method == "kmeans":
+    compare = bool((pids >= 0).all())
+    num_ids = u.kmeans_num_ids or (len(np.unique(pids)) if compare else None)
+    if u.method == "kmeans" and not num_ids:
         raise ValueError("uda.method kmeans needs the number of identities: set uda.kmeans_num_ids "
                          "(the test split has no ground truth to count them)")
+    x = pseudo.clustering_features(features, rows.column("camid").to_numpy(), rows.column("trackid").to_numpy(),
+                                   camera_alpha=u.camera_alpha, tracklet_beta=u.tracklet_beta)
+    out = {}
+    if compare or u.method == "dbscan":
+        graph = pseudo.jaccard_cosine_graph(x, k1=min(u.k1, len(x) - 1), k2=u.k2, jaccard_weight=u.jaccard_weight)
+        for s in u.dbscan:
+            out[_dbscan_name(s)] = pseudo.dbscan_labels(graph, s.eps, s.min_samples)
+    if compare or u.method == "identity_mining":
+        out["identity_mining"] = pseudo.identity_mining(x[:n_query], x, d_n=u.d_n, d_p=u.d_p)
+    if num_ids and (compare or u.method == "kmeans"):
+        out["kmeans"] = pseudo.kmeans_labels(x, num_ids, seed=cfg.seed)
     return out
 
 
@@ -103,7 +112,7 @@ def pseudo_label(cfg: RunConfig, manifest: pa.Table) -> tuple[list[PseudoLabels]
         if cfg.uda.tracklet_beta is not None and not (rows.column("trackid").to_numpy() >= 0).any():
             raise ValueError(f"uda.tracklet_beta is set but the test split of {cfg.data.root} has no track ids; "
                              "set uda.tracklet_beta: null to cluster without tracklet fusion")
-        labelled = label_all_methods(cfg, rows, feats, n_query)
+        labelled = label_by_method(cfg, rows, feats, n_query)
         pids = rows.column("pid").to_numpy()
         for method, labels in labelled.items():
             row = {"model": src.name, "method": method, "used": method in chosen}
