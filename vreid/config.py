@@ -178,6 +178,10 @@ class ExtractConfig(StrictModel):
         description="views averaged before L2 normalisation (003: image, crop, both flipped)")
     crop_ratio: float = Field(0.9, gt=0, le=1, description="centre crop of the 'crop' views")
     dtype: Literal["float32", "float16"] = "float32"
+    store_root: str | None = Field(
+        None, description="where the feature stores live, a path shared by the nodes or a pyarrow URI such as "
+                          "s3://bucket/prefix (?endpoint_override=host:port&scheme=http for MinIO and the like; "
+                          "credentials from the environment); null = run_dir")
 
     @model_validator(mode="after")
     def _views(self) -> ExtractConfig:
@@ -372,7 +376,8 @@ class RunConfig(StrictModel):
     """The whole run. Later stages add their own sections."""
 
     name: str = "run"
-    run_dir: str = Field("runs/tiny", description="all outputs of the run live here (path or URI)")
+    run_dir: str = Field("runs/tiny", description="models, results and the report of the run live here; "
+                                               "the feature stores too unless extract.store_root is set")
     seed: int = 0
     data: DataConfig = DataConfig()
     models: list[ModelConfig] = Field(default_factory=list)
@@ -394,6 +399,11 @@ class RunConfig(StrictModel):
         if unknown:
             raise ValueError(f"uda.models {unknown} are not reid-task models of this config (those are {reid})")
         return self
+
+    @property
+    def store_root(self) -> str:
+        """Root of the feature stores: ``extract.store_root``, else the run directory."""
+        return self.extract.store_root or self.run_dir
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -21,7 +21,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from vreid.features.store import SCHEMA_VERSION, filesystem, read_success, store_uri, to_fixed_list, write_success
+from vreid.features.store import (
+    SCHEMA_VERSION,
+    SUCCESS,
+    filesystem,
+    read_success,
+    redact,
+    store_uri,
+    to_fixed_list,
+    write_success,
+)
 from vreid.models.trained import read_trained_meta
 
 log = logging.getLogger("vreid.features")
@@ -99,11 +108,13 @@ def extract_store(model_dir: str | Path, rows: pa.Table, dataset_root: str | Pat
     done = read_success(uri)
     if done is not None and done.get("checkpoint_sha256") == meta["sha256"] and done.get("rows") == rows.num_rows \
             and done.get("tta") == list(ecfg.tta) and done.get("dtype") == ecfg.dtype:
-        log.info("store %s: complete for checkpoint %s, skipping", uri, meta["sha256"][:12])
+        log.info("store %s: complete for checkpoint %s, skipping", redact(uri), meta["sha256"][:12])
         return done
     fs, path = filesystem(uri)
     local = isinstance(fs, pafs.LocalFileSystem)  # object stores: _SUCCESS.json alone marks completion
     target = f"{path}.tmp" if local else path
+    if done is not None:  # first unmark the old store: an object store deletes its files in no set order
+        fs.delete_file(f"{path}/{SUCCESS}")
     for stale in {target, path}:  # an interrupted run leaves an incomplete directory: start over
         if fs.get_file_info(stale).type != pafs.FileType.NotFound:
             fs.delete_dir(stale)
@@ -129,10 +140,10 @@ def extract_store(model_dir: str | Path, rows: pa.Table, dataset_root: str | Pat
     first = parts.head(1, columns=["feature"])
     dim = first.schema.field("feature").type.list_size
     smeta = store_metadata(model_dir, meta, ecfg, n, dim, sorted(pc.unique(rows.column("split")).to_pylist()))
-    write_success(target, smeta)
+    write_success(fs, target, smeta)
     if local:
         shutil.move(target, path)
-    log.info("store %s: %d rows, dim %d, %s", uri, n, dim, ecfg.dtype)
+    log.info("store %s: %d rows, dim %d, %s", redact(uri), n, dim, ecfg.dtype)
     return smeta
 
 
@@ -157,7 +168,7 @@ def extract_features(cfg, manifest: pa.Table, store_set: str = "test",
     for m in cfg.models:
         if models is not None and m.name not in models:
             continue
-        uri = store_uri(cfg.run_dir, m.name, store_set)
+        uri = store_uri(cfg.store_root, m.name, store_set)
         model_dir = Path(cfg.run_dir) / "models" / m.name
         log.info("extract %s (%s set): %d images on %d actor(s) (%g CPU, %g GPU each)", m.name, store_set,
                  rows.num_rows, cfg.extract.actors, cfg.extract.cpus_per_actor, cfg.extract.num_gpus_per_actor)

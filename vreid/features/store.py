@@ -9,6 +9,7 @@ where the model has those heads) and ``_SUCCESS.json``, written last. A director
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,18 @@ class StoreError(ValueError):
     """A feature store is missing, incomplete, or does not match what the caller expects."""
 
 
-def store_uri(run_dir: str, model: str, store_set: str = "test") -> str:
+def store_uri(root: str, model: str, store_set: str = "test") -> str:
+    """``<root>/<features|val_features>/<model>``; ``root`` is a path or a URI whose query
+    (``?endpoint_override=...``) stays at the end."""
     if store_set not in STORE_SETS:
         raise ValueError(f"unknown store set '{store_set}'; expected one of {sorted(STORE_SETS)}")
-    return f"{str(run_dir).rstrip('/')}/{STORE_SETS[store_set]}/{model}"
+    base, sep, query = str(root).partition("?")
+    return f"{base.rstrip('/')}/{STORE_SETS[store_set]}/{model}{sep}{query}"
+
+
+def redact(uri: str) -> str:
+    """``uri`` for logs and errors: credentials in ``s3://key:secret@bucket`` replaced."""
+    return re.sub(r"^([a-z0-9+.-]+://)[^/@]*@", r"\1***@", str(uri))
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -49,8 +58,7 @@ def read_success(uri: str) -> dict[str, Any] | None:
         return json.loads(fh.read().decode())
 
 
-def write_success(uri: str, meta: dict[str, Any]) -> None:
-    fs, path = filesystem(uri)
+def write_success(fs: pafs.FileSystem, path: str, meta: dict[str, Any]) -> None:
     with fs.open_output_stream(f"{path}/{SUCCESS}") as fh:
         fh.write(json.dumps(meta, indent=1).encode())
 
@@ -81,14 +89,15 @@ def load_features(uri: str, manifest: pa.Table, split: str, expect_sha256: str |
     """
     from vreid.data import split_table
 
+    name = redact(uri)
     meta = read_success(uri)
     if meta is None:
-        raise StoreError(f"{uri}: no complete feature store here (missing {SUCCESS})")
+        raise StoreError(f"{name}: no complete feature store here (missing {SUCCESS})")
     if meta.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(f"{uri}: schema version {meta.get('schema_version')} is not the known version "
+        raise StoreError(f"{name}: schema version {meta.get('schema_version')} is not the known version "
                          f"{SCHEMA_VERSION}; re-extract the store")
     if expect_sha256 is not None and meta.get("checkpoint_sha256") != expect_sha256:
-        raise StoreError(f"{uri}: extracted from checkpoint {str(meta.get('checkpoint_sha256'))[:12]}..., "
+        raise StoreError(f"{name}: extracted from checkpoint {str(meta.get('checkpoint_sha256'))[:12]}..., "
                          f"expected {expect_sha256[:12]}...; the model changed, re-extract the store")
     fs, path = filesystem(uri)
     data = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True)
@@ -96,24 +105,24 @@ def load_features(uri: str, manifest: pa.Table, split: str, expect_sha256: str |
     rows = split_table(manifest, split)
     want = rows.column("image_id")
     if table.num_rows != rows.num_rows:
-        raise StoreError(f"{uri}: {table.num_rows} rows for split '{split}', the manifest has {rows.num_rows}")
+        raise StoreError(f"{name}: {table.num_rows} rows for split '{split}', the manifest has {rows.num_rows}")
     ids = table.column("image_id")
     pos = pc.index_in(want, value_set=ids)
     if pos.null_count:
         missing = want.filter(pc.is_null(pos))[0].as_py()
-        raise StoreError(f"{uri}: no feature for image '{missing}' of split '{split}'")
+        raise StoreError(f"{name}: no feature for image '{missing}' of split '{split}'")
     if pc.count_distinct(ids).as_py() != table.num_rows:
-        raise StoreError(f"{uri}: duplicate image_id rows in split '{split}'")
+        raise StoreError(f"{name}: duplicate image_id rows in split '{split}'")
     table = table.take(pos)
     ftype = table.schema.field("feature").type
     if not pa.types.is_fixed_size_list(ftype):
-        raise StoreError(f"{uri}: column 'feature' is {ftype}, expected fixed_size_list<float>[dim]")
+        raise StoreError(f"{name}: column 'feature' is {ftype}, expected fixed_size_list<float>[dim]")
     if ftype.list_size != meta.get("dim"):
-        raise StoreError(f"{uri}: feature dim {ftype.list_size} differs from the recorded dim {meta.get('dim')}")
+        raise StoreError(f"{name}: feature dim {ftype.list_size} differs from the recorded dim {meta.get('dim')}")
     feats = fixed_list_to_numpy(table.column("feature"))
     if not np.isfinite(feats).all():
         bad = int(np.flatnonzero(~np.isfinite(feats).all(1))[0])
-        raise StoreError(f"{uri}: feature of '{want[bad].as_py()}' has NaN or Inf")
+        raise StoreError(f"{name}: feature of '{want[bad].as_py()}' has NaN or Inf")
     extra = {}
     from vreid.features.tta import PROB_COLUMNS
 

@@ -48,7 +48,7 @@ def load_inputs(cfg: RunConfig, manifest: pa.Table, store_set: str = "test") -> 
     features, extras, tasks, weights, classes = {}, {}, {}, {}, {}
     for m in cfg.models:
         meta = read_trained_meta(Path(cfg.run_dir) / "models" / m.name)
-        uri = store_uri(cfg.run_dir, m.name, store_set)
+        uri = store_uri(cfg.store_root, m.name, store_set)
         qf, qx, smeta = load_features(uri, table, "query", expect_sha256=meta["sha256"])
         gf, gx, _ = load_features(uri, table, "gallery", expect_sha256=meta["sha256"])
         features[m.name] = (qf, gf)

@@ -69,7 +69,7 @@ def stage1_test_features(cfg: RunConfig, manifest: pa.Table, model: str) -> tupl
     """The test query + gallery rows (manifest order), the stage-1 store's features for them and
     the number of queries."""
     sha = read_trained_meta(Path(cfg.run_dir) / "models" / model)["sha256"]
-    uri = store_uri(cfg.run_dir, model, "test")
+    uri = store_uri(cfg.store_root, model, "test")
     q, g = split_table(manifest, "query"), split_table(manifest, "gallery")
     qf, _, _ = load_features(uri, manifest, "query", expect_sha256=sha)
     gf, _, _ = load_features(uri, manifest, "gallery", expect_sha256=sha)
