@@ -7,7 +7,7 @@ trained-model directory (``export_trained_model``, as ``tests/conftest.py::tiny_
 the weights do not change the cost. Extraction settings: configs/tiny.yaml's ``extract``
 section (batch 32) with the four TTA views of the default config.
 
-- ``ray``: ``vreid.features.extract.extract_store`` end to end (Ray Data: repartition, decode
+- ``ray``: ``vreid.features.extract.extract_stores`` (one store) end to end (Ray Data: one block per batch, decode
   tasks, the ``FeatureExtractor`` actor pool with TTA, ``write_parquet``, row count,
   ``_SUCCESS.json``), timed from the call to its return, with 1 actor x 1 CPU (``ray_1x1``)
   and with 2 actors x 0.5 CPU (``ray_2x0.5``; on 2 CPUs a pool that takes every CPU starves
@@ -165,7 +165,7 @@ def _timed_extractor(log_dir: str):
 
 
 def ray_extract(model_dir: Path, rows, root: Path, ecfg, uri: Path, log_dir: Path) -> tuple[int, dict]:
-    """``extract_store`` end to end, with the actor class wrapped by ``_timed_extractor`` (two
+    """``extract_stores`` of one store end to end, with the actor class wrapped by ``_timed_extractor`` (two
     clock reads and a line of text per batch). Returns the rows written and the phases: start
     (call to the first batch an actor begins: actor processes, imports, model load, decode of
     the first batches), steady (first batch begun to last batch done, all actors), tail (last
@@ -179,12 +179,12 @@ def ray_extract(model_dir: Path, rows, root: Path, ecfg, uri: Path, log_dir: Pat
     fx.FeatureExtractor = _timed_extractor(str(log_dir))
     try:
         t0 = time.time()
-        meta = fx.extract_store(model_dir, rows, root, str(uri), ecfg)
+        meta = fx.extract_stores(model_dir, {str(uri): rows}, root, ecfg)[str(uri)]
         t1 = time.time()
     finally:
         fx.FeatureExtractor = original
     if meta["rows"] != rows.num_rows:
-        raise RuntimeError(f"extract_store wrote {meta['rows']} rows for {rows.num_rows} images")
+        raise RuntimeError(f"extract_stores wrote {meta['rows']} rows for {rows.num_rows} images")
     stamps = [line.split() for f in log_dir.iterdir() for line in f.read_text().splitlines()]
     begin, end = min(float(a) for a, _, _ in stamps), max(float(b) for _, b, _ in stamps)
     if sum(int(n) for _, _, n in stamps) != rows.num_rows:
@@ -196,10 +196,9 @@ def ray_extract(model_dir: Path, rows, root: Path, ecfg, uri: Path, log_dir: Pat
 def profile(model_dir: Path, rows, root: Path, ecfg, out: Path) -> dict:
     """Where the time goes: per-image decode and model (TTA) cost on one thread in this process,
     the start of one extractor actor, decode alone through Ray Data, and the wall time of each
-    operator of the ``extract_store`` pipeline (rebuilt here the same way) from ``Dataset.stats()``."""
+    operator of the ``extract_stores`` pipeline (rebuilt here the same way) from ``Dataset.stats()``."""
     import re
 
-    import numpy as np
     import ray
     import torch
 
@@ -234,8 +233,8 @@ def profile(model_dir: Path, rows, root: Path, ecfg, out: Path) -> dict:
     prof["actor_start_s"] = round(time.perf_counter() - t, 2)
     ray.kill(actor)
     t = time.perf_counter()
-    ds = ray.data.from_arrow(rows.select(["image_id", "split"]))
-    ds = ds.repartition(max(1, int(np.ceil(rows.num_rows / ecfg.batch_size))))
+    ids = rows.select(["image_id", "split"])
+    ds = ray.data.from_arrow([ids.slice(i, ecfg.batch_size) for i in range(0, ids.num_rows, ecfg.batch_size)])
     ds = ds.map_batches(decode_batch, fn_kwargs={"root": str(root), "input_size": input_size},
                         batch_size=ecfg.batch_size, num_cpus=ecfg.cpus_per_decode_task, batch_format="numpy")
     ds.materialize()

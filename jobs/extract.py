@@ -3,17 +3,19 @@
 from vreid.cli import job_config, job_parser
 from vreid.data import load_dataset
 from vreid.features.extract import extract_features
+from vreid.features.store import redact
 
 
 def main() -> None:
     p = job_parser(__doc__)
-    p.add_argument("--set-name", dest="store_set", choices=["test", "val"], default="test",
-                   help="test: the dataset's query/gallery; val: the validation split")
+    p.add_argument("--sets", nargs="+", choices=["test", "val"], default=["test"],
+                   help="test: the dataset's query/gallery; val: the validation split (one pass per model for all)")
     p.add_argument("--models", nargs="*", help="extract only these model names")
     args = p.parse_args()
     cfg = job_config(args)
-    for name, uri in extract_features(cfg, load_dataset(cfg.data), args.store_set, args.models).items():
-        print(f"{name}: {uri}")
+    for name, uris in extract_features(cfg, load_dataset(cfg.data), args.sets, args.models).items():
+        for store_set, uri in uris.items():
+            print(f"{name} {store_set}: {redact(uri)}")
 
 
 if __name__ == "__main__":

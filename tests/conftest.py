@@ -61,5 +61,5 @@ def tiny_stores(tmp_path_factory, tiny_city, tiny_manifest, ray_session):
         meta = {"key": "k", "name": name, "class_ids": [1, 2, 3, 4] if name == "cam" else list(range(5))}
         export_trained_model(model.state_dict(), args, meta, Path(cfg.run_dir) / "models" / name)
         models[name] = model
-    extract_features(cfg, tiny_manifest, "test")
+    extract_features(cfg, tiny_manifest, ["test"])
     return cfg, models

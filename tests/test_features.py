@@ -29,10 +29,11 @@ def run(tiny_stores):
     return cfg, store_uri(cfg.run_dir, "attr"), models["attr"]
 
 
-def _plain_forward(model, manifest, split, views):
-    rows = split_table(manifest, split)
+def _plain_forward(model, manifest, split, views, rows_of=None):
+    """Features of ``split`` of ``rows_of`` (default: the manifest) by a plain forward pass."""
     from vreid.data import dataset_root
 
+    rows = split_table(manifest if rows_of is None else rows_of, split)
     ds = ReIDImageDataset(rows, dataset_root(manifest), build_test_transform((48, 48)), labels={})
     loader = torch.utils.data.DataLoader(ds, batch_size=17)
     feats, colors = [], []
@@ -86,7 +87,7 @@ def test_store_readable_with_plain_pyarrow_and_pandas(run, tiny_manifest):
 def test_rerun_skips_complete_store(run, tiny_manifest):
     cfg, uri, _ = run
     before = (Path(uri) / SUCCESS).read_text()
-    extract_features(cfg, tiny_manifest, "test")
+    extract_features(cfg, tiny_manifest, ["test"])
     assert (Path(uri) / SUCCESS).read_text() == before
 
 
@@ -104,7 +105,7 @@ def test_interrupted_extraction_rerun_one_row_per_image(run, tiny_manifest, tmp_
         shutil.copy(sorted(Path(uri).glob("*.parquet"))[0], d / "part-stale.parquet")
     with pytest.raises(StoreError, match="no complete feature store"):
         load_features(str(dst), tiny_manifest, "query")
-    extract_features(other, tiny_manifest, "test")
+    extract_features(other, tiny_manifest, ["test"])
     df = pd.read_parquet(dst)
     assert df["image_id"].is_unique
     assert len(df) == sum(split_table(tiny_manifest, s).num_rows for s in ("query", "gallery"))
@@ -184,37 +185,46 @@ def s3_root():
 
 
 def test_stores_on_object_storage(run, tiny_manifest, s3_root):
-    """extract.store_root as an s3:// URI: the jobs write there, the post-processing reads there,
-    a rerun skips it, a store without _SUCCESS.json is refused and redone, no secret in errors."""
+    """extract.store_root as an s3:// URI: one pass per model writes its test and validation
+    stores there, the post-processing reads them there, a rerun skips complete stores and redoes
+    only a store without _SUCCESS.json (refused meanwhile), no secret in errors."""
     import pyarrow.fs as pafs
 
     from vreid.features.store import filesystem, read_success
     from vreid.postprocess.actor import load_inputs
+    from vreid.train.launcher import training_manifest
 
-    cfg, local_uri, _ = run
+    cfg, _, model = run
     s3cfg = cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"store_root": s3_root})})
-    uris = extract_features(s3cfg, tiny_manifest, "test")
-    assert uris["attr"] == store_uri(s3_root, "attr") and uris["attr"].startswith("s3://")
-    fs, path = filesystem(uris["attr"])
+    uris = extract_features(s3cfg, tiny_manifest, ["test", "val"])
+    assert uris["attr"] == {"test": store_uri(s3_root, "attr"), "val": store_uri(s3_root, "attr", "val")}
+    fs, path = filesystem(uris["attr"]["test"])
     assert path == "stores/city/features/attr" and fs.get_file_info(f"{path}/{SUCCESS}").is_file
-    local = load_inputs(cfg, tiny_manifest)
-    remote = load_inputs(s3cfg, tiny_manifest)
+    local, remote = load_inputs(cfg, tiny_manifest), load_inputs(s3cfg, tiny_manifest)
     for name in ("attr", "cam"):
         for a, b in zip(local.features[name], remote.features[name]):
             np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(local.extras["attr"]["color_prob"][1], remote.extras["attr"]["color_prob"][1], atol=1e-6)
+    val_table = training_manifest(cfg, tiny_manifest)
+    val = load_inputs(s3cfg, tiny_manifest, "val")
+    for i, split in enumerate(("query", "gallery")):
+        assert split_table(val_table, split).num_rows > 0
+        np.testing.assert_allclose(val.features["attr"][i], _plain_forward(model, tiny_manifest, split, cfg.extract.tta, val_table)[0],
+                                   atol=1e-5)
 
-    before = read_success(uris["attr"])
-    assert extract_features(s3cfg, tiny_manifest, "test", ["attr"]) == {"attr": uris["attr"]}
-    assert read_success(uris["attr"]) == before  # complete for this checkpoint: skipped
+    before = {s: read_success(u) for s, u in uris["attr"].items()}
+    assert extract_features(s3cfg, tiny_manifest, ["test", "val"], ["attr"]) == {"attr": uris["attr"]}
+    assert {s: read_success(u) for s, u in uris["attr"].items()} == before  # complete: skipped
 
     fs.delete_file(f"{path}/{SUCCESS}")  # an interrupted write: parts without the marker
     with pytest.raises(StoreError, match="no complete feature store") as err:
-        load_features(uris["attr"], tiny_manifest, "query")
+        load_features(uris["attr"]["test"], tiny_manifest, "query")
     assert "vreid-secret" not in str(err.value) and "s3://***@stores/city/features/attr" in str(err.value)
-    extract_features(s3cfg, tiny_manifest, "test", ["attr"])
-    assert read_success(uris["attr"])["created"] > before["created"]
+    extract_features(s3cfg, tiny_manifest, ["test", "val"], ["attr"])
+    assert read_success(uris["attr"]["test"])["created"] > before["test"]["created"]
+    assert read_success(uris["attr"]["val"]) == before["val"]  # the complete store is left as it was
     table = pa.concat_tables([pq.read_table(f"{path}/{f.base_name}", filesystem=fs)
                               for f in fs.get_file_info(pafs.FileSelector(path)) if f.base_name.endswith(".parquet")])
+    assert table.column_names[:2] == ["image_id", "split"] and "store" not in table.column_names
     assert table.num_rows == len(pd.unique(table.column("image_id").to_numpy(zero_copy_only=False)))
     assert table.num_rows == sum(split_table(tiny_manifest, s).num_rows for s in ("query", "gallery"))

@@ -105,13 +105,16 @@ def run_uda_stage(cfg: RunConfig, manifest, timings: dict[str, float]) -> RunCon
     test = {"stage1": stage1["ablation"]}
     if todo:
         with _stage("extract_stage2", timings):
-            extract_features(cfg2, manifest, "test")
-            if cfg.data.validation.num_ids > 0:
-                extract_features(cfg2, manifest, "val")
+            extract_features(cfg2, manifest, store_sets(cfg2))
         with _stage("postprocess_stage2", timings):
             test["stage2"] = postprocess_run(cfg2, cfg2.postprocess.model_copy(update={"name": "stage2"}))["ablation"]
     write_stage2_summary(cfg.run_dir, todo, quality, test)
     return cfg2
+
+
+def store_sets(cfg: RunConfig) -> list[str]:
+    """The test set's stores, and the validation set's when there is one (the Tune sweep's)."""
+    return ["test", "val"] if cfg.data.validation.num_ids > 0 else ["test"]
 
 
 @contextmanager
@@ -151,9 +154,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         require_trained(train_models(cfg, manifest))
     validation = cfg.data.validation.num_ids > 0
     with _stage("extract", timings):
-        extract_features(cfg, manifest, "test")
-        if validation:
-            extract_features(cfg, manifest, "val")
+        extract_features(cfg, manifest, store_sets(cfg))
     if cfg.uda.enabled:
         cfg = run_uda_stage(cfg, manifest, timings)
     pcfg = cfg.postprocess

@@ -2,9 +2,10 @@
 
 CPU tasks decode and transform images (the same test transform as training's validation);
 an actor pool (``map_batches`` with a callable class, ``ActorPoolStrategy``) loads each model
-once per actor and runs it with TTA; ``write_parquet`` writes the parts. Everything goes to a
-temporary directory renamed when complete, with ``_SUCCESS.json`` written last; a rerun skips
-stores whose ``_SUCCESS.json`` names the same checkpoint and redoes the rest.
+once per actor and runs it with TTA; ``write_parquet`` writes the parts. One pass per model
+covers all of its stores (test and validation sets). A store goes to a temporary directory
+renamed when complete, with ``_SUCCESS.json`` written last; a rerun skips stores whose
+``_SUCCESS.json`` names the same checkpoint and redoes the rest.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ log = logging.getLogger("vreid.features")
 
 def decode_batch(batch: dict[str, np.ndarray], root: str, input_size: tuple[int, int],
                  on_bad_image: str = "fail") -> dict[str, np.ndarray]:
-    """Decode + test transform of a batch of ``image_id`` (a Ray Data task body)."""
+    """Decode + test transform of a batch of ``image_id`` (a Ray Data task body); the other
+    columns pass through."""
     from vreid.data.images import ImageDecodeError, decode_image
     from vreid.data.transforms import build_test_transform
 
@@ -54,7 +56,7 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, input_size: tuple[int,
             continue
         images.append(transform(img).numpy())
         keep.append(i)
-    return {"image_id": batch["image_id"][keep], "split": batch["split"][keep],
+    return {**{k: v[keep] for k, v in batch.items()},
             "image": np.stack(images) if images else np.zeros((0, 3, *input_size), np.float32)}
 
 
@@ -79,9 +81,9 @@ class FeatureExtractor:
 
         images = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32)).to(self.device)
         out = tta_outputs(self.model, images, self.views, self.crop_ratio)
-        cols = {"image_id": pa.array(batch["image_id"].tolist(), pa.string()),
-                "split": pa.array(batch["split"].tolist(), pa.string()),
-                "feature": to_fixed_list(out["feature"].cpu().numpy(), self.dtype)}
+        cols = {k: pa.array(v.tolist(), pa.string()) if v.dtype == object else pa.array(v)
+                for k, v in batch.items() if k != "image"}
+        cols["feature"] = to_fixed_list(out["feature"].cpu().numpy(), self.dtype)
         for key in PROB_COLUMNS:
             if key in out:
                 p = out[key].cpu().numpy().astype(np.float32)
@@ -98,30 +100,65 @@ def store_metadata(model_dir: Path, model_meta: dict[str, Any], ecfg, rows: int,
             "model_dir": str(model_dir), "created": time.time()}
 
 
-def extract_store(model_dir: str | Path, rows: pa.Table, dataset_root: str | Path, uri: str, ecfg,
-                  on_bad_image: str = "fail") -> dict[str, Any]:
-    """Extract one model's features for ``rows`` (manifest rows of some splits) into ``uri``."""
+def _is_complete(done: dict[str, Any] | None, meta: dict[str, Any], rows: pa.Table, ecfg) -> bool:
+    return done is not None and done.get("checkpoint_sha256") == meta["sha256"] \
+        and done.get("rows") == rows.num_rows and done.get("tta") == list(ecfg.tta) and done.get("dtype") == ecfg.dtype
+
+
+class _StoreWrite:
+    """Where one store is written: a temporary directory renamed when complete on a filesystem;
+    on an object store (no rename) the final prefix, which ``_SUCCESS.json`` alone marks complete."""
+
+    def __init__(self, uri: str, done: dict[str, Any] | None):
+        self.uri = uri
+        self.fs, self.path = filesystem(uri)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.target = f"{self.path}.tmp" if self.local else self.path
+        if done is not None:  # first unmark the old store: an object store deletes its files in no set order
+            self.fs.delete_file(f"{self.path}/{SUCCESS}")
+        for stale in {self.target, self.path}:  # an interrupted run leaves an incomplete directory: start over
+            if self.fs.get_file_info(stale).type != pafs.FileType.NotFound:
+                self.fs.delete_dir(stale)
+        self.fs.create_dir(self.target)
+
+    def finish(self, meta_of_rows) -> dict[str, Any]:
+        parts = pads.dataset(self.target, filesystem=self.fs, format="parquet")
+        n = parts.count_rows()
+        dim = parts.head(1, columns=["feature"]).schema.field("feature").type.list_size
+        smeta = meta_of_rows(n, dim)
+        write_success(self.fs, self.target, smeta)
+        if self.local:
+            shutil.move(self.target, self.path)
+        return smeta
+
+
+def _select_store(batch: pa.Table, index: int) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("store"), index)).drop_columns(["store"])
+
+
+def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_root: str | Path, ecfg,
+                   on_bad_image: str = "fail") -> dict[str, dict[str, Any]]:
+    """One model's features for several stores (uri -> manifest rows of some splits) in one Ray
+    Data pass, so that the model actors start once. Stores already complete for this checkpoint
+    (and TTA views, dtype, row count) are skipped; returns uri -> the store's metadata."""
     import ray
 
     model_dir = Path(model_dir)
     meta = read_trained_meta(model_dir)
-    done = read_success(uri)
-    if done is not None and done.get("checkpoint_sha256") == meta["sha256"] and done.get("rows") == rows.num_rows \
-            and done.get("tta") == list(ecfg.tta) and done.get("dtype") == ecfg.dtype:
-        log.info("store %s: complete for checkpoint %s, skipping", redact(uri), meta["sha256"][:12])
-        return done
-    fs, path = filesystem(uri)
-    local = isinstance(fs, pafs.LocalFileSystem)  # object stores: _SUCCESS.json alone marks completion
-    target = f"{path}.tmp" if local else path
-    if done is not None:  # first unmark the old store: an object store deletes its files in no set order
-        fs.delete_file(f"{path}/{SUCCESS}")
-    for stale in {target, path}:  # an interrupted run leaves an incomplete directory: start over
-        if fs.get_file_info(stale).type != pafs.FileType.NotFound:
-            fs.delete_dir(stale)
-    fs.create_dir(target)
+    out, todo = {}, []
+    for uri, rows in stores.items():
+        done = read_success(uri)
+        if _is_complete(done, meta, rows, ecfg):
+            log.info("store %s: complete for checkpoint %s, skipping", redact(uri), meta["sha256"][:12])
+            out[uri] = done
+        else:
+            todo.append((_StoreWrite(uri, done), rows))
+    if not todo:
+        return out
     input_size = tuple(meta["build_args"]["input_size"])
     use_gpu = ecfg.num_gpus_per_actor > 0
-    ids = rows.select(["image_id", "split"])
+    ids = pa.concat_tables([rows.select(["image_id", "split"]).append_column(
+        "store", pa.array(np.full(rows.num_rows, i, np.int32))) for i, (_, rows) in enumerate(todo)])
     # one block per batch, so decode tasks and model actors share the work without a shuffle
     ds = ray.data.from_arrow([ids.slice(i, ecfg.batch_size) for i in range(0, ids.num_rows, ecfg.batch_size)])
     ds = ds.map_batches(decode_batch, fn_kwargs={"root": str(dataset_root), "input_size": input_size,
@@ -134,44 +171,48 @@ def extract_store(model_dir: str | Path, rows: pa.Table, dataset_root: str | Pat
                         batch_size=ecfg.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=ecfg.actors),
                         num_cpus=ecfg.cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor)
-    ds.write_parquet(target, filesystem=fs)
-    parts = pads.dataset(target, filesystem=fs, format="parquet")
-    n = parts.count_rows()
-    first = parts.head(1, columns=["feature"])
-    dim = first.schema.field("feature").type.list_size
-    smeta = store_metadata(model_dir, meta, ecfg, n, dim, sorted(pc.unique(rows.column("split")).to_pylist()))
-    write_success(fs, target, smeta)
-    if local:
-        shutil.move(target, path)
-    log.info("store %s: %d rows, dim %d, %s", redact(uri), n, dim, ecfg.dtype)
-    return smeta
+    if len(todo) > 1:  # the features stay in the object store while each store takes its rows
+        ds = ds.materialize()
+    for i, (w, rows) in enumerate(todo):
+        ds.map_batches(_select_store, fn_kwargs={"index": i}, batch_format="pyarrow",
+                       batch_size=None).write_parquet(w.target, filesystem=w.fs)
+        splits = sorted(pc.unique(rows.column("split")).to_pylist())
+        out[w.uri] = w.finish(lambda n, dim: store_metadata(model_dir, meta, ecfg, n, dim, splits))
+        log.info("store %s: %d rows, dim %d, %s", redact(w.uri), out[w.uri]["rows"], out[w.uri]["dim"], ecfg.dtype)
+    return out
 
 
-def extract_features(cfg, manifest: pa.Table, store_set: str = "test",
-                     models: list[str] | None = None) -> dict[str, str]:
-    """Every trained reid/camera/orientation model of ``cfg`` → one store each; returns name → uri.
+def extract_features(cfg, manifest: pa.Table, store_sets: list[str],
+                     models: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """Every trained reid/camera/orientation model of ``cfg`` -> its stores, one Ray Data pass per
+    model; returns model -> store set -> uri.
 
-    ``store_set="test"`` extracts the dataset's query + gallery; ``"val"`` the validation split
-    held out of the training identities (the same split training validated on).
+    Store set ``"test"`` is the dataset's query + gallery; ``"val"`` the validation split held
+    out of the training identities (the same split training validated on).
     """
     from vreid.data import dataset_root, split_table
     from vreid.train.launcher import training_manifest
 
-    if store_set == "val":
-        table = training_manifest(cfg, manifest)
-        if cfg.data.validation.num_ids == 0:
-            raise ValueError("store set 'val' needs data.validation.num_ids > 0")
-    else:
-        table = manifest
-    rows = pa.concat_tables([split_table(table, s) for s in ("query", "gallery")])
+    tables = {}
+    for store_set in store_sets:
+        if store_set == "val":
+            if cfg.data.validation.num_ids == 0:
+                raise ValueError("store set 'val' needs data.validation.num_ids > 0")
+            table = training_manifest(cfg, manifest)
+        elif store_set == "test":
+            table = manifest
+        else:
+            raise ValueError(f"unknown store set '{store_set}'; expected test or val")
+        tables[store_set] = pa.concat_tables([split_table(table, s) for s in ("query", "gallery")])
     out = {}
     for m in cfg.models:
         if models is not None and m.name not in models:
             continue
-        uri = store_uri(cfg.store_root, m.name, store_set)
-        model_dir = Path(cfg.run_dir) / "models" / m.name
-        log.info("extract %s (%s set): %d images on %d actor(s) (%g CPU, %g GPU each)", m.name, store_set,
-                 rows.num_rows, cfg.extract.actors, cfg.extract.cpus_per_actor, cfg.extract.num_gpus_per_actor)
-        extract_store(model_dir, rows, dataset_root(manifest), uri, cfg.extract, cfg.data.on_bad_image)
-        out[m.name] = uri
+        uris = {s: store_uri(cfg.store_root, m.name, s) for s in store_sets}
+        log.info("extract %s (%s): %d images on %d actor(s) (%g CPU, %g GPU each)", m.name, " + ".join(store_sets),
+                 sum(t.num_rows for t in tables.values()), cfg.extract.actors, cfg.extract.cpus_per_actor,
+                 cfg.extract.num_gpus_per_actor)
+        extract_stores(Path(cfg.run_dir) / "models" / m.name, {uris[s]: tables[s] for s in store_sets},
+                       dataset_root(manifest), cfg.extract, cfg.data.on_bad_image)
+        out[m.name] = uris
     return out
