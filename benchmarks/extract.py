@@ -27,6 +27,10 @@ done. ``steady_img_s`` / ``ratio_steady`` compare the rates once running, withou
 cost per call. Ray starts its workers at niceness 15; this process lowers itself to the same
 niceness after ``ray.init`` so that both sides compete with other load on equal terms.
 
+``--two-stores`` also times what the pipeline does with a model's test and validation stores:
+the images split into two stores written by one ``extract_stores`` call (one pass, the actors
+start once) against two calls (two passes), 2 actors x 0.5 CPU, alternating ``--repeats`` times.
+
 ``--profile`` adds where the time goes: a fresh process's imports (what each actor pays), and
 per Ray variant the decode and model cost per image on one thread, one extractor actor's
 start, decode alone through Ray Data, and each operator's wall time in the same pipeline
@@ -73,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--plain-inline", action="store_true",
                     help="also time the plain loop decoding inline (usually slower than with a loader worker)")
     ap.add_argument("--profile", action="store_true", help="also break the Ray time down by stage")
+    ap.add_argument("--two-stores", action="store_true", help="also time two stores in one pass vs two passes")
     ap.add_argument("--no-nice", action="store_true", help="keep this process's priority")
     return ap.parse_args(argv)
 
@@ -191,6 +196,26 @@ def ray_extract(model_dir: Path, rows, root: Path, ecfg, uri: Path, log_dir: Pat
         raise RuntimeError("the actors' batch stamps do not add up to the rows extracted")
     return meta["rows"], {"start_s": begin - t0, "steady_s": end - begin, "tail_s": t1 - end,
                           "actor_processes": len(list(log_dir.iterdir()))}
+
+
+def two_stores(model_dir: Path, rows, root: Path, ecfg, work: Path, repeats: int) -> dict:
+    """Two stores (alternate rows) in one ``extract_stores`` call vs one call per store; best of
+    ``repeats`` alternating runs each."""
+    import vreid.features.extract as fx
+
+    halves = {str(work / "two" / "a"): rows.take(list(range(0, rows.num_rows, 2))),
+              str(work / "two" / "b"): rows.take(list(range(1, rows.num_rows, 2)))}
+    one, two = [], []
+    for _ in range(repeats):
+        for runs, groups in ((one, [halves]), (two, [{u: r} for u, r in halves.items()])):
+            shutil.rmtree(work / "two", ignore_errors=True)
+            t = time.perf_counter()
+            metas = [m for g in groups for m in fx.extract_stores(model_dir, g, root, ecfg).values()]
+            runs.append(time.perf_counter() - t)
+            if sorted(m["rows"] for m in metas) != sorted(r.num_rows for r in halves.values()):
+                raise RuntimeError("the two stores do not hold their rows")
+    return {"one_pass_s": round(min(one), 2), "two_passes_s": round(min(two), 2),
+            "speedup": round(min(two) / min(one), 3)}
 
 
 def profile(model_dir: Path, rows, root: Path, ecfg, out: Path) -> dict:
@@ -324,6 +349,7 @@ def main(argv=None) -> dict:
                 phases[name].append(ph)
             print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} s (steady {steady[k][-1]:.1f} s)"
                                              for k, v in times.items()), flush=True)
+        pair = two_stores(model_dir, rows, root, variants["ray_2x0.5"], work, args.repeats) if args.two_stores else None
         if args.profile:
             prof = {"fresh_process_imports_s": import_cost(),
                     **{name: profile(model_dir, rows, root, ecfg, work / f"profile-{name}")
@@ -360,6 +386,7 @@ def main(argv=None) -> dict:
         "scaling_2_vs_1_steady": round(sips["ray_2x0.5"] / sips["ray_1x1"], 3),
         "ray_phases_s": {k: {p: round(v, 2) for p, v in ph.items()} for k, ph in fastest.items()},
         "runs_s": {k: [round(x, 2) for x in v] for k, v in times.items()},
+        **({"two_stores": pair} if pair else {}),
         **({"profile": prof} if prof else {}),
         "niceness": nice,
         "torch": torch.__version__,

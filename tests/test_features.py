@@ -228,3 +228,47 @@ def test_stores_on_object_storage(run, tiny_manifest, s3_root):
     assert table.column_names[:2] == ["image_id", "split"] and "store" not in table.column_names
     assert table.num_rows == len(pd.unique(table.column("image_id").to_numpy(zero_copy_only=False)))
     assert table.num_rows == sum(split_table(tiny_manifest, s).num_rows for s in ("query", "gallery"))
+
+
+def test_unreadable_image_fails_or_is_skipped_and_recorded(run, tiny_city, tiny_manifest, tmp_path):
+    """An image that breaks after the manifest was read: ``fail`` names the file; ``skip``
+    leaves it out of the store, records it with its reason in _SUCCESS.json, the reader refuses
+    it by name and the post-processing inputs leave it out of the gallery."""
+    import shutil
+
+    from vreid.data import load_manifest
+    from vreid.features.store import read_success
+    from vreid.postprocess.actor import load_inputs
+
+    cfg, uri, _ = run
+    root = tmp_path / "city"
+    shutil.copytree(tiny_city, root)
+    bad = split_table(tiny_manifest, "gallery").column("image_id")[3].as_py()
+    (root / bad).write_bytes(b"not a jpeg")
+    manifest = load_manifest(root, "synth", on_bad_image="skip")  # existence only: it passes here
+    assert bad in manifest.column("image_id").to_pylist()
+
+    def config(policy):
+        c = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / policy}", f"data.root={root}",
+                                              f"data.on_bad_image={policy}"])
+        c.models = cfg.models[:1]
+        shutil.copytree(Path(cfg.run_dir) / "models" / "attr", Path(c.run_dir) / "models" / "attr")
+        return c
+
+    with pytest.raises(Exception, match=bad.split("/")[-1]):
+        extract_features(config("fail"), manifest, ["test"])
+    assert read_success(store_uri(tmp_path / "fail", "attr")) is None
+
+    skip = config("skip")
+    got = extract_features(skip, manifest, ["test"])["attr"]["test"]
+    meta = read_success(got)
+    assert [s["image_id"] for s in meta["skipped"]] == [bad] and meta["skipped"][0]["reason"] == "not an image file"
+    assert meta["rows"] == sum(split_table(manifest, s).num_rows for s in ("query", "gallery")) - 1
+    with pytest.raises(StoreError, match=f"'{bad}' of split 'gallery' was skipped at extraction"):
+        load_features(got, manifest, "gallery")
+    inputs = load_inputs(skip, manifest)
+    assert bad not in inputs.gallery.image_ids and len(inputs.gallery.image_ids) == inputs.features["attr"][1].shape[0]
+    ref, _, _ = load_features(uri, tiny_manifest, "gallery")  # the same model on the intact images
+    keep = split_table(tiny_manifest, "gallery").column("image_id").to_numpy(zero_copy_only=False) != bad
+    np.testing.assert_allclose(inputs.features["attr"][1], ref[keep], atol=1e-5)
+    assert extract_features(skip, manifest, ["test"])["attr"]["test"] == got and read_success(got) == meta  # complete

@@ -92,17 +92,34 @@ class FeatureExtractor:
 
 
 def store_metadata(model_dir: Path, model_meta: dict[str, Any], ecfg, rows: int, dim: int,
-                   splits: list[str]) -> dict[str, Any]:
+                   splits: list[str], skipped: list[dict[str, str]]) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "model": model_meta["name"],
             "task": model_meta["build_args"]["task"], "checkpoint_sha256": model_meta["sha256"],
             "dim": dim, "dtype": ecfg.dtype, "image_size": list(model_meta["build_args"]["input_size"]),
-            "tta": list(ecfg.tta), "crop_ratio": ecfg.crop_ratio, "rows": rows, "splits": splits,
+            "tta": list(ecfg.tta), "crop_ratio": ecfg.crop_ratio, "rows": rows, "skipped": skipped, "splits": splits,
             "model_dir": str(model_dir), "created": time.time()}
 
 
 def _is_complete(done: dict[str, Any] | None, meta: dict[str, Any], rows: pa.Table, ecfg) -> bool:
     return done is not None and done.get("checkpoint_sha256") == meta["sha256"] \
-        and done.get("rows") == rows.num_rows and done.get("tta") == list(ecfg.tta) and done.get("dtype") == ecfg.dtype
+        and done.get("rows", 0) + len(done.get("skipped", [])) == rows.num_rows \
+        and done.get("tta") == list(ecfg.tta) and done.get("dtype") == ecfg.dtype
+
+
+def skipped_at_extraction(rows: pa.Table, written: pa.ChunkedArray, dataset_root: str | Path) -> list[dict[str, str]]:
+    """Rows the decode tasks left out (``on_bad_image: skip``), each with its decode error."""
+    from vreid.data.images import ImageDecodeError, decode_image
+
+    ids = rows.column("image_id")
+    skipped = []
+    for image_id in ids.filter(pc.invert(pc.is_in(ids, value_set=written))).to_pylist():
+        try:
+            decode_image(Path(dataset_root) / image_id)
+            reason = "left out of the store although it decodes now"
+        except ImageDecodeError as exc:
+            reason = exc.reason
+        skipped.append({"image_id": image_id, "reason": reason})
+    return skipped
 
 
 class _StoreWrite:
@@ -121,15 +138,10 @@ class _StoreWrite:
                 self.fs.delete_dir(stale)
         self.fs.create_dir(self.target)
 
-    def finish(self, meta_of_rows) -> dict[str, Any]:
-        parts = pads.dataset(self.target, filesystem=self.fs, format="parquet")
-        n = parts.count_rows()
-        dim = parts.head(1, columns=["feature"]).schema.field("feature").type.list_size
-        smeta = meta_of_rows(n, dim)
+    def finish(self, smeta: dict[str, Any]) -> None:
         write_success(self.fs, self.target, smeta)
         if self.local:
             shutil.move(self.target, self.path)
-        return smeta
 
 
 def _select_store(batch: pa.Table, index: int) -> pa.Table:
@@ -176,9 +188,14 @@ def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_r
     for i, (w, rows) in enumerate(todo):
         ds.map_batches(_select_store, fn_kwargs={"index": i}, batch_format="pyarrow",
                        batch_size=None).write_parquet(w.target, filesystem=w.fs)
-        splits = sorted(pc.unique(rows.column("split")).to_pylist())
-        out[w.uri] = w.finish(lambda n, dim: store_metadata(model_dir, meta, ecfg, n, dim, splits))
-        log.info("store %s: %d rows, dim %d, %s", redact(w.uri), out[w.uri]["rows"], out[w.uri]["dim"], ecfg.dtype)
+        parts = pads.dataset(w.target, filesystem=w.fs, format="parquet")
+        written = parts.to_table(columns=["image_id"]).column("image_id")
+        dim = parts.schema.field("feature").type.list_size
+        out[w.uri] = store_metadata(model_dir, meta, ecfg, len(written), dim,
+                                    sorted(pc.unique(rows.column("split")).to_pylist()),
+                                    skipped_at_extraction(rows, written, dataset_root))
+        w.finish(out[w.uri])
+        log.info("store %s: %d rows, dim %d, %s", redact(w.uri), len(written), dim, ecfg.dtype)
     return out
 
 

@@ -1,8 +1,10 @@
 """Parquet feature stores (DESIGN.md, Feature store): layout, metadata, validated reads.
 
-``<run>/features/<model>/`` holds ``part-*.parquet`` (columns ``image_id``, ``split``,
-``feature`` as ``fixed_size_list<float32|float16>[dim]``, and ``color_prob`` / ``type_prob``
-where the model has those heads) and ``_SUCCESS.json``, written last. A directory without
+``<root>/features/<model>/`` (root: ``extract.store_root`` or the run directory, a path or a
+URI) holds ``part-*.parquet`` (columns ``image_id``, ``split``, ``feature`` as
+``fixed_size_list<float32|float16>[dim]``, and ``color_prob`` / ``type_prob`` where the model
+has those heads) and ``_SUCCESS.json``, written last, which also lists the images skipped as
+unreadable (``data.on_bad_image: skip``) with their reasons. A directory without
 ``_SUCCESS.json`` does not exist for readers.
 """
 
@@ -78,6 +80,21 @@ def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return values.reshape(-1, dim).astype(np.float32, copy=False)
 
 
+def without_skipped(table: pa.Table, uris: list[str]) -> tuple[pa.Table, list[dict[str, str]]]:
+    """``table`` without the images that any of the stores skipped at extraction
+    (``data.on_bad_image: skip``), and those images with their reasons."""
+    skipped = {}
+    for uri in uris:
+        meta = read_success(uri)
+        for s in (meta or {}).get("skipped", []):
+            skipped.setdefault(s["image_id"], s)
+    if not skipped:
+        return table, []
+    ids = table.column("image_id")
+    return table.filter(pc.invert(pc.is_in(ids, value_set=pa.array(list(skipped), pa.string())))), \
+        list(skipped.values())
+
+
 def load_features(uri: str, manifest: pa.Table, split: str, expect_sha256: str | None = None,
                   ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """Features of one split aligned to the manifest order of that split (``split_table``).
@@ -99,11 +116,16 @@ def load_features(uri: str, manifest: pa.Table, split: str, expect_sha256: str |
     if expect_sha256 is not None and meta.get("checkpoint_sha256") != expect_sha256:
         raise StoreError(f"{name}: extracted from checkpoint {str(meta.get('checkpoint_sha256'))[:12]}..., "
                          f"expected {expect_sha256[:12]}...; the model changed, re-extract the store")
+    rows = split_table(manifest, split)
+    want = rows.column("image_id")
+    skipped = {s["image_id"]: s["reason"] for s in meta.get("skipped", [])}
+    hit = want.filter(pc.is_in(want, value_set=pa.array(list(skipped), pa.string())))
+    if len(hit):
+        raise StoreError(f"{name}: image '{hit[0].as_py()}' of split '{split}' was skipped at extraction "
+                         f"({skipped[hit[0].as_py()]}); leave the skipped images out first (without_skipped)")
     fs, path = filesystem(uri)
     data = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True)
     table = data.to_table(filter=pc.field("split") == split)
-    rows = split_table(manifest, split)
-    want = rows.column("image_id")
     if table.num_rows != rows.num_rows:
         raise StoreError(f"{name}: {table.num_rows} rows for split '{split}', the manifest has {rows.num_rows}")
     ids = table.column("image_id")

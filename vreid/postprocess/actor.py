@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from vreid.config import PostprocessConfig, RunConfig
 from vreid.data import split_table
-from vreid.features.store import load_features, store_uri
+from vreid.features.store import load_features, store_uri, without_skipped
 from vreid.models.trained import read_trained_meta
 from vreid.postprocess.pipeline import (
     PostprocessInputs,
@@ -44,11 +44,15 @@ def load_inputs(cfg: RunConfig, manifest: pa.Table, store_set: str = "test") -> 
     trained model's checkpoint digest."""
     from vreid.train.launcher import training_manifest
 
-    table = training_manifest(cfg, manifest) if store_set == "val" else manifest
+    uris = {m.name: store_uri(cfg.store_root, m.name, store_set) for m in cfg.models}
+    table, skipped = without_skipped(training_manifest(cfg, manifest) if store_set == "val" else manifest,
+                                     list(uris.values()))
+    for s in skipped:
+        log.warning("image %s left out: skipped at extraction (%s)", s["image_id"], s["reason"])
     features, extras, tasks, weights, classes = {}, {}, {}, {}, {}
     for m in cfg.models:
         meta = read_trained_meta(Path(cfg.run_dir) / "models" / m.name)
-        uri = store_uri(cfg.store_root, m.name, store_set)
+        uri = uris[m.name]
         qf, qx, smeta = load_features(uri, table, "query", expect_sha256=meta["sha256"])
         gf, gx, _ = load_features(uri, table, "gallery", expect_sha256=meta["sha256"])
         features[m.name] = (qf, gf)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from vreid.config import DBSCANSetting, ModelConfig, RunConfig
 from vreid.data import split_table
-from vreid.features.store import load_features, store_uri
+from vreid.features.store import load_features, store_uri, without_skipped
 from vreid.models.trained import read_trained_meta
 from vreid.train import pseudo
 
@@ -70,6 +70,7 @@ def stage1_test_features(cfg: RunConfig, manifest: pa.Table, model: str) -> tupl
     the number of queries."""
     sha = read_trained_meta(Path(cfg.run_dir) / "models" / model)["sha256"]
     uri = store_uri(cfg.store_root, model, "test")
+    manifest, _ = without_skipped(manifest, [uri])  # images the extraction skipped are not labelled
     q, g = split_table(manifest, "query"), split_table(manifest, "gallery")
     qf, _, _ = load_features(uri, manifest, "query", expect_sha256=sha)
     gf, _, _ = load_features(uri, manifest, "gallery", expect_sha256=sha)
