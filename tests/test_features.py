@@ -272,3 +272,25 @@ def test_unreadable_image_fails_or_is_skipped_and_recorded(run, tiny_city, tiny_
     keep = split_table(tiny_manifest, "gallery").column("image_id").to_numpy(zero_copy_only=False) != bad
     np.testing.assert_allclose(inputs.features["attr"][1], ref[keep], atol=1e-5)
     assert extract_features(skip, manifest, ["test"])["attr"]["test"] == got and read_success(got) == meta  # complete
+
+
+def test_float16_store(run, tiny_manifest, tmp_path):
+    """extract.dtype float16 halves the store; the reader returns float32 close to the float32
+    store; a float32 store is not taken for a float16 one."""
+    import shutil
+
+    cfg, uri, _ = run
+    half = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / 'run'}", f"data.root={cfg.data.root}",
+                                             "extract.dtype=float16"])
+    half.models = cfg.models[:1]
+    shutil.copytree(Path(cfg.run_dir) / "models", Path(half.run_dir) / "models")
+    shutil.copytree(uri, store_uri(half.run_dir, "attr"))  # a complete float32 store of the same model
+    got = extract_features(half, tiny_manifest, ["test"])["attr"]["test"]
+    meta = json.loads((Path(got) / SUCCESS).read_text())
+    assert meta["dtype"] == "float16"
+    assert pq.read_schema(sorted(Path(got).glob("*.parquet"))[0]).field("feature").type.value_type == pa.float16()
+    for split in ("query", "gallery"):
+        f16, _, _ = load_features(got, tiny_manifest, split)
+        f32, _, _ = load_features(uri, tiny_manifest, split)
+        assert f16.dtype == np.float32 and f16.flags.c_contiguous
+        np.testing.assert_allclose(f16, f32, atol=1e-3)

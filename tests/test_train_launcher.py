@@ -41,7 +41,9 @@ def test_models_train_concurrently_and_learn(trained):
         model, meta = load_trained_model(r.model_dir)
         history = meta["history"]
         assert [h["epoch"] for h in history] == [-1, 0, 1, 2, 3]
-        assert history[-1]["val_mAP"] > history[0]["val_mAP"], f"{name}: no better than at initialisation"
+        # 20 validation queries: one epoch's mAP moves by about +-0.05, so the best epoch is compared
+        best = max(h["val_mAP"] for h in history[1:])
+        assert best > history[0]["val_mAP"] + 0.02, f"{name}: no better than at initialisation: {history}"
         assert history[-1]["id"] < history[1]["id"]
     assert "color_prob" in load_trained_model(results["attr"].model_dir)[0](
         __import__("torch").zeros(2, 3, 48, 48))

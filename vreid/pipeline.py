@@ -37,7 +37,7 @@ def check_run_dir(run_dir: str) -> Path:
     """The run directory must be writable before any stage starts (a clear error, not a late one)."""
     if "://" in run_dir:
         raise ValueError(f"run_dir '{run_dir}': the pipeline job writes models and results locally; "
-                         "give a shared filesystem path (feature stores alone accept URIs)")
+                         "give a shared filesystem path (extract.store_root may be a URI: the feature stores)")
     path = Path(run_dir).resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def _side(rows: pa.Table) -> Side:
 
 def load_inputs(cfg: RunConfig, manifest: pa.Table, store_set: str = "test") -> PostprocessInputs:
     """Read every model's store for query and gallery, validated against the manifest and the
-    trained model's checkpoint digest."""
+    trained model's checkpoint digest; images a store skipped as unreadable are left out."""
     from vreid.train.launcher import training_manifest
 
     uris = {m.name: store_uri(cfg.store_root, m.name, store_set) for m in cfg.models}
