@@ -16,7 +16,7 @@ from vreid.config import load_config
 from vreid.data import split_table
 from vreid.data.dataset import ReIDImageDataset
 from vreid.data.transforms import build_test_transform
-from vreid.features.extract import extract_features
+from vreid.features.extract import UnreadableImages, extract_features
 from vreid.features.store import SUCCESS, StoreError, load_features, store_uri
 from vreid.features.tta import make_view, tta_outputs
 from vreid.models import build_model
@@ -230,7 +230,7 @@ def test_stores_on_object_storage(run, tiny_manifest, s3_root):
     assert table.num_rows == sum(split_table(tiny_manifest, s).num_rows for s in ("query", "gallery"))
 
 
-def test_unreadable_image_fails_or_is_skipped_and_recorded(run, tiny_city, tiny_manifest, tmp_path):
+def test_unreadable_image_fails_or_is_skipped_and_recorded(run, tiny_city, tiny_manifest, tmp_path, ray_session):
     """An image that breaks after the manifest was read: ``fail`` names the file; ``skip``
     leaves it out of the store, records it with its reason in _SUCCESS.json, the reader refuses
     it by name and the post-processing inputs leave it out of the gallery."""
@@ -255,9 +255,17 @@ def test_unreadable_image_fails_or_is_skipped_and_recorded(run, tiny_city, tiny_
         shutil.copytree(Path(cfg.run_dir) / "models" / "attr", Path(c.run_dir) / "models" / "attr")
         return c
 
-    with pytest.raises(Exception, match=bad.split("/")[-1]):
+    with pytest.raises(UnreadableImages, match=f"1 image.*{root / bad}: not an image file"):
         extract_features(config("fail"), manifest, ["test"])
     assert read_success(store_uri(tmp_path / "fail", "attr")) is None
+    assert not list((tmp_path / "fail").glob("features/*"))  # nothing half-written left behind
+    import time
+
+    deadline = time.monotonic() + 30  # the pass ended normally: Ray Data releases its actors
+    while ray_session.available_resources().get("CPU", 0) < ray_session.cluster_resources()["CPU"] \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray_session.available_resources().get("CPU", 0) == ray_session.cluster_resources()["CPU"]
 
     skip = config("skip")
     got = extract_features(skip, manifest, ["test"])["attr"]["test"]

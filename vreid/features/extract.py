@@ -37,10 +37,15 @@ from vreid.models.trained import read_trained_meta
 log = logging.getLogger("vreid.features")
 
 
-def decode_batch(batch: dict[str, np.ndarray], root: str, input_size: tuple[int, int],
-                 on_bad_image: str = "fail") -> dict[str, np.ndarray]:
+class UnreadableImages(ValueError):
+    """Images that could not be decoded at extraction under ``data.on_bad_image: fail``."""
+
+
+def decode_batch(batch: dict[str, np.ndarray], root: str, input_size: tuple[int, int]) -> dict[str, np.ndarray]:
     """Decode + test transform of a batch of ``image_id`` (a Ray Data task body); the other
-    columns pass through."""
+    columns pass through. An image that cannot be decoded is left out: the driver finds it
+    missing from the store and applies ``data.on_bad_image`` (raising here would leave Ray
+    Data's actor pool alive in the caller's process)."""
     from vreid.data.images import ImageDecodeError, decode_image
     from vreid.data.transforms import build_test_transform
 
@@ -50,9 +55,7 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, input_size: tuple[int,
         try:
             img = decode_image(Path(root) / str(image_id))
         except ImageDecodeError as exc:
-            if on_bad_image == "fail":
-                raise
-            log.warning("skipping %s", exc)
+            log.warning("leaving out %s", exc)
             continue
         images.append(transform(img).numpy())
         keep.append(i)
@@ -107,7 +110,7 @@ def _is_complete(done: dict[str, Any] | None, meta: dict[str, Any], rows: pa.Tab
 
 
 def skipped_at_extraction(rows: pa.Table, written: pa.ChunkedArray, dataset_root: str | Path) -> list[dict[str, str]]:
-    """Rows the decode tasks left out (``on_bad_image: skip``), each with its decode error."""
+    """Rows the decode tasks left out as unreadable, each with its decode error."""
     from vreid.data.images import ImageDecodeError, decode_image
 
     ids = rows.column("image_id")
@@ -173,8 +176,7 @@ def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_r
         "store", pa.array(np.full(rows.num_rows, i, np.int32))) for i, (_, rows) in enumerate(todo)])
     # one block per batch, so decode tasks and model actors share the work without a shuffle
     ds = ray.data.from_arrow([ids.slice(i, ecfg.batch_size) for i in range(0, ids.num_rows, ecfg.batch_size)])
-    ds = ds.map_batches(decode_batch, fn_kwargs={"root": str(dataset_root), "input_size": input_size,
-                                                 "on_bad_image": on_bad_image},
+    ds = ds.map_batches(decode_batch, fn_kwargs={"root": str(dataset_root), "input_size": input_size},
                         batch_size=ecfg.batch_size, num_cpus=ecfg.cpus_per_decode_task, batch_format="numpy")
     ds = ds.map_batches(FeatureExtractor,
                         fn_constructor_kwargs={"model_dir": str(model_dir), "views": list(ecfg.tta),
@@ -185,17 +187,25 @@ def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_r
                         num_cpus=ecfg.cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor)
     if len(todo) > 1:  # the features stay in the object store while each store takes its rows
         ds = ds.materialize()
+    metas = []
     for i, (w, rows) in enumerate(todo):
         ds.map_batches(_select_store, fn_kwargs={"index": i}, batch_format="pyarrow",
                        batch_size=None).write_parquet(w.target, filesystem=w.fs)
         parts = pads.dataset(w.target, filesystem=w.fs, format="parquet")
         written = parts.to_table(columns=["image_id"]).column("image_id")
-        dim = parts.schema.field("feature").type.list_size
-        out[w.uri] = store_metadata(model_dir, meta, ecfg, len(written), dim,
+        metas.append(store_metadata(model_dir, meta, ecfg, len(written), parts.schema.field("feature").type.list_size,
                                     sorted(pc.unique(rows.column("split")).to_pylist()),
-                                    skipped_at_extraction(rows, written, dataset_root))
-        w.finish(out[w.uri])
-        log.info("store %s: %d rows, dim %d, %s", redact(w.uri), len(written), dim, ecfg.dtype)
+                                    skipped_at_extraction(rows, written, dataset_root)))
+    bad = [f"{Path(dataset_root) / s['image_id']}: {s['reason']}" for m in metas for s in m["skipped"]]
+    if bad and on_bad_image == "fail":
+        for w, _ in todo:
+            w.fs.delete_dir(w.target)
+        raise UnreadableImages(f"{len(bad)} image(s) cannot be decoded (data.on_bad_image: fail; 'skip' leaves "
+                               f"them out): " + "; ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
+    for (w, _), smeta in zip(todo, metas):
+        w.finish(smeta)
+        out[w.uri] = smeta
+        log.info("store %s: %d rows, dim %d, %s", redact(w.uri), smeta["rows"], smeta["dim"], ecfg.dtype)
     return out
 
 
