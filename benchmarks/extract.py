@@ -11,7 +11,8 @@ section (batch 32) with the four TTA views of the default config.
   tasks, the ``FeatureExtractor`` actor pool with TTA, ``write_parquet``, row count,
   ``_SUCCESS.json``), timed from the call to its return, with 1 actor x 1 CPU (``ray_1x1``)
   and with 2 actors x 0.5 CPU (``ray_2x0.5``; on 2 CPUs a pool that takes every CPU starves
-  the decode tasks). Actor start (process, imports, model load) is inside each call.
+  the decode tasks; here decode tasks and actors ask for the same 0.5 CPU, so Ray Data fuses
+  decoding into the actors). Actor start (process, imports, model load) is inside each call.
 - ``plain``: one process with ``torch.set_num_threads(2)`` (Ray's CPU count): the same decode
   (``decode_image``) and test transform, batches, ``tta_outputs`` views, Arrow columns, one
   Parquet file, decoding in one DataLoader worker process (``plain_loader1``; ``--plain-inline``
