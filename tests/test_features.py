@@ -280,6 +280,9 @@ def test_unreadable_image_fails_or_is_skipped_and_recorded(run, tiny_city, tiny_
     keep = split_table(tiny_manifest, "gallery").column("image_id").to_numpy(zero_copy_only=False) != bad
     np.testing.assert_allclose(inputs.features["attr"][1], ref[keep], atol=1e-5)
     assert extract_features(skip, manifest, ["test"])["attr"]["test"] == got and read_success(got) == meta  # complete
+    skip.data.on_bad_image = "fail"  # a store that skipped images is not complete for the fail policy
+    with pytest.raises(UnreadableImages):
+        extract_features(skip, manifest, ["test"])
 
 
 def test_float16_store(run, tiny_manifest, tmp_path):

@@ -103,9 +103,12 @@ def store_metadata(model_dir: Path, model_meta: dict[str, Any], ecfg, rows: int,
             "model_dir": str(model_dir), "created": time.time()}
 
 
-def _is_complete(done: dict[str, Any] | None, meta: dict[str, Any], rows: pa.Table, ecfg) -> bool:
+def _is_complete(done: dict[str, Any] | None, meta: dict[str, Any], rows: pa.Table, ecfg, on_bad_image: str) -> bool:
+    """A store of this checkpoint, views and dtype for these rows (a store that skipped images
+    counts only while skipping is allowed)."""
     return done is not None and done.get("checkpoint_sha256") == meta["sha256"] \
         and done.get("rows", 0) + len(done.get("skipped", [])) == rows.num_rows \
+        and (on_bad_image == "skip" or not done.get("skipped")) \
         and done.get("tta") == list(ecfg.tta) and done.get("dtype") == ecfg.dtype
 
 
@@ -163,7 +166,7 @@ def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_r
     out, todo = {}, []
     for uri, rows in stores.items():
         done = read_success(uri)
-        if _is_complete(done, meta, rows, ecfg):
+        if _is_complete(done, meta, rows, ecfg, on_bad_image):
             log.info("store %s: complete for checkpoint %s, skipping", redact(uri), meta["sha256"][:12])
             out[uri] = done
         else:
