@@ -222,7 +222,8 @@ def two_stores(model_dir: Path, rows, root: Path, ecfg, work: Path, repeats: int
 def profile(model_dir: Path, rows, root: Path, ecfg, out: Path) -> dict:
     """Where the time goes: per-image decode and model (TTA) cost on one thread in this process,
     the start of one extractor actor, decode alone through Ray Data, and the wall time of each
-    operator of the ``extract_stores`` pipeline (rebuilt here the same way) from ``Dataset.stats()``."""
+    operator of the ``extract_stores`` pipeline from ``Dataset.stats()`` (rebuilt here on the
+    materialised decode output, so that decoding and the model show as separate operators)."""
     import re
 
     import ray
