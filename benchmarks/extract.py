@@ -45,7 +45,6 @@ target >= 0.8; ``ratio_steady`` the same on the steady phase; ``scaling_2_vs_1``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -53,15 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-# a shared, loaded machine can take longer than Ray's 30-60 s to start the node's agents
-os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-NUM_CPUS = 2
-RAY_WORKER_NICENESS = 15  # Ray's default RAY_worker_niceness
+from _ray_bench import NUM_CPUS, ROOT, emit, start_ray  # sets Ray's environment before Ray is imported
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -304,15 +295,12 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import numpy as np
     import pyarrow as pa
-    import ray
-    import torch
 
     from vreid.config import load_config
     from vreid.data import dataset_root, load_manifest, split_table
     from vreid.data.synth import generate
 
-    ray.init(num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    nice = os.nice(0) if args.no_nice else os.nice(max(0, RAY_WORKER_NICENESS - os.nice(0)))
+    nice = start_ray(match_niceness=not args.no_nice)
     data_root = Path(args.data_root or ROOT / "data" / f"synth-{args.preset}")
     generate(data_root, args.preset, seed=0, progress=False)
     manifest = load_manifest(data_root, "synth")
@@ -391,13 +379,8 @@ def main(argv=None) -> dict:
         **({"two_stores": pair} if pair else {}),
         **({"profile": prof} if prof else {}),
         "niceness": nice,
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "load1": round(os.getloadavg()[0], 2),
     }
-    ray.shutdown()
-    print(json.dumps(result), flush=True)
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

@@ -34,19 +34,13 @@ Last line: one JSON object (``ratio`` = ray / plain, target >= 0.85).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-# a shared, loaded machine can take longer than Ray's 30-60 s to start the node's agents
-os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
 # Without a dashboard, this cluster's State API address defaults to http://127.0.0.1:8265. On a
 # machine shared with other Ray clusters, that can be another cluster's dashboard: Train V2's
 # PlacementGroupCleaner then finds no such controller there, takes it for dead and removes this
@@ -54,9 +48,7 @@ os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
 # port instead (the cleaner then just keeps polling); this does not touch the training path.
 os.environ.setdefault("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:9")
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RAY_WORKER_NICENESS = 15  # Ray's default RAY_worker_niceness
+from _ray_bench import ROOT, emit, start_ray  # noqa: E402  (sets Ray's environment before Ray is imported)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -213,17 +205,13 @@ def summary(epochs: list[dict]) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import ray
-    import torch
 
     from vreid.data import load_manifest
     from vreid.data.synth import generate
 
     if args.epochs < 2:
         raise SystemExit("--epochs must be >= 2 (the first epoch of each side is warm-up)")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    # Ray starts its workers at niceness 15; the plain loop runs here at the same priority
-    nice = os.nice(0) if args.no_nice else os.nice(max(0, RAY_WORKER_NICENESS - os.nice(0)))
+    nice = start_ray(match_niceness=not args.no_nice)  # the plain loop runs here at the workers' priority
     data_root = Path(args.data_root or ROOT / "data" / f"synth-{args.preset}")
     t0 = time.perf_counter()
     generate(data_root, args.preset, seed=0, progress=False)
@@ -289,13 +277,8 @@ def main(argv=None) -> dict:
         "target_met": rs["best"] / ps["best"] >= 0.85,
         "gen_s": round(gen_s, 1),
         "niceness": nice,
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "load1": round(os.getloadavg()[0], 2),
     }
-    ray.shutdown()
-    print(json.dumps(result), flush=True)
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

@@ -27,22 +27,13 @@ Those three are best-of-``--repeats``. Last line: one JSON object (target ``tota
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-# a shared, loaded machine can take longer than Ray's 30-60 s to start the node's agents
-os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _ray_bench import emit, start_ray  # sets Ray's environment before Ray is imported
 
 BASE = {"name": "final", "ensemble": {"attribute_model": "m"}, "top_k": 100,
         "steps": [{"step": "camera_bias", "method": "mean"},
@@ -140,14 +131,13 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import numpy as np
     import pandas as pd
-    import ray
 
     from vreid.config import RunConfig
     from vreid.postprocess.knn import knn_graph
     from vreid.postprocess.pipeline import feature_state_key, run_postprocess
     from vreid.tune.sweep import largest_k, run_sweep, shared_cache
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray(match_niceness=False)
     inputs = make_inputs(args.queries, args.gallery, args.dim, args.cams, args.seed, args.noise, args.cam_shift)
     nq, ng = len(inputs.query.pids), len(inputs.gallery.pids)
     work = Path(tempfile.mkdtemp(prefix="vreid-bench-tune-"))
@@ -201,12 +191,8 @@ def main(argv=None) -> dict:
         "best_params": {kk: (round(v, 3) if isinstance(v, float) else v) for kk, v in out["best_params"].items()},
         "target_total_s": 300,
         "target_met": total_s < 300,
-        "ray": ray.__version__,
-        "load1": round(os.getloadavg()[0], 2),
     }
-    ray.shutdown()
-    print(json.dumps(result), flush=True)
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":
