@@ -8,7 +8,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -90,30 +89,80 @@ def test_all_trials_failing_writes_no_best(tmp_path, ray_session):
     assert not list((tmp_path / "run").rglob("best_postprocess.yaml"))
 
 
+# The sweep of the interruption test, run as its own driver. Its third trial announces on a unix
+# socket that two trials are finished and on record, then blocks for ever: the test kills the
+# driver at that point, never by racing the sweep. The gate is defined in __main__, so Ray ships
+# it to the trial actors by value; it takes the trainable's name so that the restore matches it.
+GATED_SWEEP = """
+import json, os, pickle, socket, sys, threading, time
+import ray
+import vreid.tune.sweep as sweep
+from vreid.config import RunConfig
+
+cfg_path, inputs_path, calls, gate, exp = sys.argv[1:6]
+real_trial = sweep._trial
+
+def on_record():
+    states = [p for p in os.listdir(exp) if p.startswith("experiment_state-")]
+    if not states:
+        return 0
+    with open(os.path.join(exp, states[0])) as f:
+        data = json.load(f)
+    return sum(json.loads(t[0])["status"] == "TERMINATED" for t in data["trial_data"])
+
+def gated(params, **kwargs):
+    n = len(os.listdir(calls))
+    open(os.path.join(calls, str(n)), "x").close()
+    if n == 2:
+        while on_record() < 2:  # the controller saves its state every step (TUNE_GLOBAL_CHECKPOINT_S=0)
+            time.sleep(0.05)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(gate)
+        sock.sendall(b"2 trials done")
+        threading.Event().wait()
+    return real_trial(params, **kwargs)
+
+gated.__name__ = gated.__qualname__ = real_trial.__name__
+sweep._trial = gated
+ray.init(num_cpus=1, include_dashboard=False)
+sweep.run_sweep(RunConfig.model_validate_json(open(cfg_path).read()), pickle.load(open(inputs_path, "rb")))
+"""
+
+
 def test_restore_after_interrupted_sweep(tmp_path, ray_session):
+    """A sweep killed with its driver (SIGKILL) after two of eight trials resumes: Tuner.restore
+    keeps the finished trials, runs the other six, and writes the best YAML once, at the end."""
+    import os
+    import socket
+
     cfg = _cfg(tmp_path, num_samples=8, max_concurrent_trials=1, search="random")
     (tmp_path / "inputs.pkl").write_bytes(pickle.dumps(_city()))
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
-    script = (
-        "import pickle, sys, ray; from vreid.config import RunConfig; from vreid.tune.sweep import run_sweep\n"
-        f"ray.init(num_cpus=1, include_dashboard=False)\n"
-        f"cfg = RunConfig.model_validate_json(open(r'{tmp_path / 'cfg.json'}').read())\n"
-        f"run_sweep(cfg, pickle.load(open(r'{tmp_path / 'inputs.pkl'}', 'rb')))\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    (tmp_path / "calls").mkdir()
     exp = tmp_path / "run" / "tune" / cfg.tune.name
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(exp.glob("*/result.json"))) < 2:
-        time.sleep(0.5)
-    import os
-
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (exp / "best_postprocess.yaml").exists(), "interrupted before the end"
-    finished_before = sum(1 for p in exp.glob("*/result.json") if p.read_text().strip())
-    assert finished_before >= 1
+    gate = socket.socket(socket.AF_UNIX)
+    gate.bind(str(tmp_path / "gate"))
+    gate.listen(1)
+    gate.settimeout(600)  # a guard only: the third trial always reaches the gate
+    proc = subprocess.Popen([sys.executable, "-c", GATED_SWEEP, str(tmp_path / "cfg.json"),
+                             str(tmp_path / "inputs.pkl"), str(tmp_path / "calls"), str(tmp_path / "gate"),
+                             str(exp)], start_new_session=True, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"})
+    try:
+        conn, _ = gate.accept()
+        assert conn.recv(64) == b"2 trials done"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (exp / "best_postprocess.yaml").exists()
+    before = {p.parent.name: p.read_text() for p in exp.glob("*/result.json") if p.read_text().strip()}
+    assert len(before) == 2
     out = run_sweep(cfg, _city())
     assert out["num_trials"] == 8
     assert json.loads((exp / "summary.json").read_text())["num_trials"] == 8
+    results = {p.parent.name: p.read_text() for p in exp.glob("*/result.json")}
+    assert len(results) == 8 and all(len(r.strip().splitlines()) == 1 for r in results.values()), \
+        "every trial reported once"
+    assert all(results[name] == text for name, text in before.items()), "the finished trials were not redone"
     assert yaml.safe_load((exp / "best_postprocess.yaml").read_text())["steps"]
 
 
