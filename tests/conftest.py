@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
+from vreid.fault_points import ENV_VAR as PAUSE_POINTS
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# pause points (tests/pause_points.py): set before any Ray instance starts, so that its workers
+# inherit it; a short path under /tmp, as unix socket paths are limited to 107 bytes
+os.environ[PAUSE_POINTS] = tempfile.mkdtemp(prefix="vreid-pp-", dir="/tmp")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ[PAUSE_POINTS], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

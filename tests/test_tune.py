@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pause_points import PausePoint
 
 from vreid.config import PostprocessConfig, RunConfig, load_config
 from vreid.tune.sweep import SweepError, apply_params, run_sweep
@@ -89,73 +90,51 @@ def test_all_trials_failing_writes_no_best(tmp_path, ray_session):
     assert not list((tmp_path / "run").rglob("best_postprocess.yaml"))
 
 
-# The sweep of the interruption test, run as its own driver. Its third trial announces on a unix
-# socket that two trials are finished and on record, then blocks for ever: the test kills the
-# driver at that point, never by racing the sweep. The gate is defined in __main__, so Ray ships
-# it to the trial actors by value; it takes the trainable's name so that the restore matches it.
-GATED_SWEEP = """
-import json, os, pickle, socket, sys, threading, time
-import ray
-import vreid.tune.sweep as sweep
+SWEEP_DRIVER = """
+import pickle, sys, ray
 from vreid.config import RunConfig
+from vreid.tune.sweep import run_sweep
+ray.init(num_cpus=1, include_dashboard=False)
+run_sweep(RunConfig.model_validate_json(open(sys.argv[1]).read()), pickle.load(open(sys.argv[2], "rb")))
+"""
 
-cfg_path, inputs_path, calls, gate, exp = sys.argv[1:6]
-real_trial = sweep._trial
 
-def on_record():
-    states = [p for p in os.listdir(exp) if p.startswith("experiment_state-")]
+def _finished_on_record(exp: Path) -> int:
+    """Trials the sweep's saved experiment state (what Tuner.restore reads) lists as finished."""
+    states = list(exp.glob("experiment_state-*.json"))
     if not states:
         return 0
-    with open(os.path.join(exp, states[0])) as f:
-        data = json.load(f)
-    return sum(json.loads(t[0])["status"] == "TERMINATED" for t in data["trial_data"])
-
-def gated(params, **kwargs):
-    n = len(os.listdir(calls))
-    open(os.path.join(calls, str(n)), "x").close()
-    if n == 2:
-        while on_record() < 2:  # the controller saves its state every step (TUNE_GLOBAL_CHECKPOINT_S=0)
-            time.sleep(0.05)
-        sock = socket.socket(socket.AF_UNIX)
-        sock.connect(gate)
-        sock.sendall(b"2 trials done")
-        threading.Event().wait()
-    return real_trial(params, **kwargs)
-
-gated.__name__ = gated.__qualname__ = real_trial.__name__
-sweep._trial = gated
-ray.init(num_cpus=1, include_dashboard=False)
-sweep.run_sweep(RunConfig.model_validate_json(open(cfg_path).read()), pickle.load(open(inputs_path, "rb")))
-"""
+    return sum(json.loads(t[0])["status"] == "TERMINATED" for t in json.loads(states[0].read_text())["trial_data"])
 
 
 def test_restore_after_interrupted_sweep(tmp_path, ray_session):
     """A sweep killed with its driver (SIGKILL) after two of eight trials resumes: Tuner.restore
-    keeps the finished trials, runs the other six, and writes the best YAML once, at the end."""
+    keeps the finished trials, runs the other six, and writes the best YAML once, at the end.
+    The kill lands while the third trial waits at its pause point, never by racing the sweep."""
     import os
-    import socket
+    import time
 
     cfg = _cfg(tmp_path, num_samples=8, max_concurrent_trials=1, search="random")
     (tmp_path / "inputs.pkl").write_bytes(pickle.dumps(_city()))
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
-    (tmp_path / "calls").mkdir()
     exp = tmp_path / "run" / "tune" / cfg.tune.name
-    gate = socket.socket(socket.AF_UNIX)
-    gate.bind(str(tmp_path / "gate"))
-    gate.listen(1)
-    gate.settimeout(600)  # a guard only: the third trial always reaches the gate
-    proc = subprocess.Popen([sys.executable, "-c", GATED_SWEEP, str(tmp_path / "cfg.json"),
-                             str(tmp_path / "inputs.pkl"), str(tmp_path / "calls"), str(tmp_path / "gate"),
-                             str(exp)], start_new_session=True, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"})
-    try:
-        conn, _ = gate.accept()
-        assert conn.recv(64) == b"2 trials done"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    with PausePoint("tune.trial") as point:
+        proc = subprocess.Popen([sys.executable, "-c", SWEEP_DRIVER, str(tmp_path / "cfg.json"),
+                                 str(tmp_path / "inputs.pkl")], start_new_session=True,
+                                env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"})  # state saved every step
+        try:
+            for _ in range(2):
+                point.next().release()
+            point.next()  # the third trial waits here until its driver is killed
+            deadline = time.monotonic() + 300  # a failure guard only
+            while _finished_on_record(exp) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert not (exp / "best_postprocess.yaml").exists()
     before = {p.parent.name: p.read_text() for p in exp.glob("*/result.json") if p.read_text().strip()}
-    assert len(before) == 2
+    assert len(before) == _finished_on_record(exp) == 2
     out = run_sweep(cfg, _city())
     assert out["num_trials"] == 8
     assert json.loads((exp / "summary.json").read_text())["num_trials"] == 8

@@ -24,6 +24,7 @@ import torch
 
 from vreid.config import ModelConfig, StageConfig
 from vreid.data.dataset import ReIDImageDataset, label_index
+from vreid.fault_points import pause_point
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
@@ -216,6 +217,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             seed=config["seed"])
         loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=config["loader_workers"])
         for epoch in range(epoch, int(bounds[si + 1])):
+            pause_point("train.epoch_start", model=mcfg.name, epoch=epoch, rank=rank)
             local = epoch - int(bounds[si])
             sampler.set_epoch(epoch)
             ds.set_epoch(epoch)

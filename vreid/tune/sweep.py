@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from vreid.config import STEP_NAMES, PostprocessConfig, RunConfig, SearchDimension, TuneConfig
+from vreid.fault_points import pause_point
 from vreid.postprocess.pipeline import FEATURE_STEPS, PostprocessInputs, prepare_cache, run_postprocess
 
 log = logging.getLogger("vreid.tune")
@@ -114,6 +115,7 @@ def shared_cache(inputs: PostprocessInputs, base: PostprocessConfig, space: dict
 def _trial(params: dict[str, Any], inputs: PostprocessInputs, cache: dict, base: dict, metric: str) -> None:
     from ray import tune
 
+    pause_point("tune.trial", params=params)
     pcfg = apply_params(PostprocessConfig.model_validate(base), params)
     result = run_postprocess(inputs, pcfg, dict(cache), with_ablation=False)
     tune.report({k: v for k, v in result.final.items() if k != "step"})

@@ -1,0 +1,83 @@
+"""The test side of ``vreid.fault_points``: listen at a named pause point, see who arrives,
+and let each one go on (or kill it while it waits) at a moment the test chooses."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+
+from vreid.fault_points import ENV_VAR
+
+GUARD_S = 600  # a failure guard only: the work always reaches the point the test waits at
+
+
+@dataclass
+class Arrival:
+    conn: socket.socket
+    info: dict = field(default_factory=dict)
+
+    def release(self) -> None:
+        if self.conn.fileno() < 0:
+            return  # already let go
+        try:
+            self.conn.sendall(b"g")
+        except OSError:
+            pass  # the process was killed while it waited
+        self.conn.close()
+
+
+class PausePoint:
+    """A unix socket at ``$VREID_PAUSE_POINTS/<name>`` while the ``with`` block runs; work that
+    reaches the point waits for ``Arrival.release``. Leaving the block lets everything go on."""
+
+    def __init__(self, name: str, root: str | None = None):
+        self.path = os.path.join(root or os.environ[ENV_VAR], name)
+        self.server = socket.socket(socket.AF_UNIX)
+        self.arrivals: list[Arrival] = []
+
+    def __enter__(self) -> "PausePoint":
+        self.server.bind(self.path)
+        self.server.listen(64)
+        self.server.settimeout(GUARD_S)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.unlink(self.path)  # first, so that no one else connects
+        self.server.close()  # connections not yet accepted are reset: those stages go on
+        for arrival in self.arrivals:  # and the held ones are let go
+            arrival.release()
+
+    def next(self) -> Arrival:
+        try:
+            conn, _ = self.server.accept()
+        except socket.timeout:
+            raise AssertionError(f"nothing reached the pause point {self.path} in {GUARD_S} s") from None
+        conn.settimeout(GUARD_S)
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            line += chunk
+        self.arrivals.append(Arrival(conn, json.loads(line)))
+        return self.arrivals[-1]
+
+    def wait_for(self, **match) -> Arrival:
+        """The first arrival whose details include ``match``; every other one is let go."""
+        return self.wait_for_all(match)[0]
+
+    def wait_for_all(self, *matches: dict) -> list[Arrival]:
+        """For each of ``matches``, the first arrival that includes it, all held at once (so the
+        processes they come from are waiting at the same time); every other arrival is let go."""
+        held: list[Arrival | None] = [None] * len(matches)
+        while None in held:
+            arrival = self.next()
+            slot = next((i for i, m in enumerate(matches) if held[i] is None
+                         and all(arrival.info.get(k) == v for k, v in m.items())), None)
+            if slot is None:
+                arrival.release()
+            else:
+                held[slot] = arrival
+        return held

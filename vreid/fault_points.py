@@ -1,0 +1,40 @@
+"""Named pause points for fault tests, in the manner of Ray's own ``RAY_testing_*`` hooks.
+
+A stage calls ``pause_point("train.epoch_end", model=..., epoch=...)`` at a place where a fault
+test wants to act (kill a worker, a node, the driver). It costs one ``os.path.exists`` and does
+nothing unless the environment variable ``VREID_PAUSE_POINTS`` names a directory in which a test
+listens on a unix socket named after the point. Then the process sends the point's name and
+details as one JSON line and waits for the test's answer: the test decides, at a moment it
+controls, to let the stage go on (any reply) or to kill it while it waits. Interruption tests
+therefore never race the work they interrupt.
+
+The variable must be in the environment of the processes that reach the point: set it before
+``ray.init`` / ``ray start`` (Ray workers inherit the raylet's environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+ENV_VAR = "VREID_PAUSE_POINTS"
+
+
+def pause_point(name: str, **details: Any) -> None:
+    """Wait at the point ``name`` while a test listens there; a no-op otherwise."""
+    root = os.environ.get(ENV_VAR)
+    if not root:
+        return
+    path = os.path.join(root, name)
+    if not os.path.exists(path):
+        return
+    message = (json.dumps({"point": name, "pid": os.getpid(), **details}, default=str) + "\n").encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(path)
+            sock.sendall(message)
+            sock.recv(1)  # the reply, or the test closing the connection, lets the stage go on
+        except OSError:
+            return  # the test stopped listening meanwhile
