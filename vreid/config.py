@@ -33,7 +33,7 @@ class ExtraTrainData(StrictModel):
     """Another dataset whose training split joins the target's, e.g. VehicleX or a second synthetic
     city as the synthetic domain of multi-domain learning (001) or stage I of two-stage learning (002)."""
 
-    format: Literal["aic", "veri776", "vehicleid", "vehiclex", "synth", "manifest"] = "vehiclex"
+    format: Literal["aic", "veri776", "vehicleid", "vehiclex", "veriwild", "synth", "manifest"] = "vehiclex"
     root: str
     domain: Literal["real", "synthetic"] = "synthetic"
     synth_preset: Literal["tiny", "demo", "city"] | None = Field(None, description="generate when absent")
@@ -41,7 +41,7 @@ class ExtraTrainData(StrictModel):
 
 
 class DataConfig(StrictModel):
-    format: Literal["aic", "veri776", "vehicleid", "vehiclex", "synth", "manifest"] = "synth"
+    format: Literal["aic", "veri776", "vehicleid", "vehiclex", "veriwild", "synth", "manifest"] = "synth"
     root: str = Field("data/synth-tiny", description="dataset root (or manifest file for 'manifest')")
     synth_preset: Literal["tiny", "demo", "city"] | None = Field(
         "tiny", description="with format 'synth': generate this preset at root when absent"
@@ -54,6 +54,10 @@ class DataConfig(StrictModel):
     )
     verify_images: bool = Field(False, description="decode every image when reading the dataset")
     vehicleid_test_size: int = Field(800, description="VehicleID test list (800, 1600, 2400, ...)")
+    vehicleid_draws: int = Field(10, ge=1, description="VehicleID protocol (Liu et al. 2016): metrics are the mean "
+                                                       "over this many seeded gallery draws (seeds seed, seed+1, ...)")
+    veriwild_test_set: Literal["small", "medium", "large"] = Field(
+        "small", description="VERI-Wild test set (Lou et al. 2019): test_3000 / test_5000 / test_10000")
     validation: ValidationSplitConfig = ValidationSplitConfig()
     extra_train: list[ExtraTrainData] = Field(default_factory=list)
 

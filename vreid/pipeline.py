@@ -165,6 +165,11 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
             pcfg = tuned_postprocess(cfg, manifest)
     with _stage("postprocess", timings):
         out = postprocess_run(cfg, pcfg)
+    if cfg.data.format == "vehicleid" and out["ablation"]:
+        from vreid.eval.gallery_draws import vehicleid_draws
+
+        with _stage("gallery_draws", timings):
+            vehicleid_draws(cfg, pcfg, manifest)
     with _stage("report", timings):
         report = write_report(run_dir, manifest, pcfg.name, dump_config(cfg), timings)
     (run_dir / "timings.json").write_text(json.dumps(timings, indent=1))
