@@ -194,6 +194,18 @@ class ExtractConfig(StrictModel):
         return self
 
 
+class ExportConfig(StrictModel):
+    """ONNX export of a trained model (jobs/export.py) and its check with onnxruntime."""
+
+    opset: int = Field(18, ge=13, description="ONNX opset of model.onnx")
+    dynamo: bool = Field(False, description="torch.onnx exporter: TorchScript-based (false) or torch.export-based")
+    feature_atol: float = Field(1e-4, gt=0, description="largest |ONNX - PyTorch| of the L2-normalised features")
+    prob_atol: float = Field(1e-4, gt=0, description="largest |ONNX - PyTorch| of the probability heads")
+    top_k: int = Field(10, ge=1, description="the top-k gallery ranking of every query must be identical")
+    max_images: int = Field(512, ge=2, description="validation (else test) images the check runs on")
+    batch_size: int = Field(32, ge=1)
+
+
 class CameraBiasStep(StrictModel):
     """Camera-bias removal / inter-camera fusion (003)."""
 
@@ -390,6 +402,7 @@ class RunConfig(StrictModel):
     postprocess: PostprocessConfig = PostprocessConfig()
     tune: TuneConfig = TuneConfig()
     uda: UDAConfig = UDAConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _strip_run_dir(self) -> RunConfig:
