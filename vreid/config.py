@@ -206,6 +206,14 @@ class ExportConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
 
 
+class TrackingConfig(StrictModel):
+    """Experiment tracking with MLflow (vreid/tracking.py); off while mlflow_uri is null."""
+
+    mlflow_uri: str | None = Field(None, description="MLflow tracking server, e.g. http://127.0.0.1:5000; null = off")
+    experiment: str | None = Field(None, description="MLflow experiment of the run (null: vreid-<name>)")
+    timeout_s: float = Field(5.0, gt=0, description="per request; a server that does not answer is given up on")
+
+
 class CameraBiasStep(StrictModel):
     """Camera-bias removal / inter-camera fusion (003)."""
 
@@ -403,6 +411,7 @@ class RunConfig(StrictModel):
     tune: TuneConfig = TuneConfig()
     uda: UDAConfig = UDAConfig()
     export: ExportConfig = ExportConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _strip_run_dir(self) -> RunConfig:
