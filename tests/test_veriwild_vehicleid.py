@@ -133,3 +133,34 @@ def test_vehicleid_mean_and_spread_over_seeded_gallery_draws(tmp_path):
     assert s["mean"] == pytest.approx(np.mean(want), abs=1e-6)
     assert s["std"] == pytest.approx(np.std(want, ddof=1), abs=1e-6) and s["std"] > 0
     assert s["min"] <= s["mean"] <= s["max"]
+
+
+def test_vehicleid_draws_driver_writes_the_summary(tmp_path, monkeypatch):
+    """The pipeline's side: data.vehicleid_draws manifests from seeds data.seed + i, the run's
+    stores (here the loaded inputs stand in for them), results/<name>/gallery_draws.json."""
+    import json
+
+    from vreid.config import RunConfig
+    from vreid.eval.gallery_draws import vehicleid_draws
+    from vreid.postprocess import actor
+
+    root = make_vehicleid(tmp_path / "VehicleID", ids=6, per_id=3)
+    cfg = RunConfig.model_validate({"run_dir": str(tmp_path / "run"), "data": {
+        "format": "vehicleid", "root": str(root), "synth_preset": None, "seed": 5, "vehicleid_draws": 4}})
+    base = load_manifest(root, "vehicleid", seed=5)
+    rng = np.random.default_rng(1)
+    feats = {i: rng.normal(size=4).astype(np.float32) for i in base.column("image_id").to_pylist()}
+
+    def fake_inputs(c, manifest, store_set):
+        assert store_set == "test" and manifest is base
+        q, g = split_table(manifest, "query"), split_table(manifest, "gallery")
+        f = [np.stack([feats[i] for i in t.column("image_id").to_pylist()]) for t in (q, g)]
+        return PostprocessInputs(query=_side(q), gallery=_side(g), features={"m": tuple(f)}, extras={"m": {}},
+                                 tasks={"m": "reid"}, weights={"m": 1.0})
+
+    monkeypatch.setattr(actor, "load_inputs", fake_inputs)
+    (tmp_path / "run" / "results" / "final").mkdir(parents=True)
+    out = vehicleid_draws(cfg, PostprocessConfig(), base)
+    written = json.loads((tmp_path / "run" / "results" / "final" / "gallery_draws.json").read_text())
+    assert written == json.loads(json.dumps(out)) and written["seeds"] == [5, 6, 7, 8]
+    assert written["num_draws"] == 4 and set(written["summary"]["mAP"]) == {"mean", "std", "min", "max"}
