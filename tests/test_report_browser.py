@@ -43,7 +43,7 @@ def _run_dir(tmp: Path, manifest) -> Path:
     return tmp
 
 
-async def _inspect(port: int, url: str) -> dict:
+async def _inspect(port: int, url: str, screenshot: bool = True) -> dict:
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
@@ -71,8 +71,8 @@ async def _inspect(port: int, url: str) -> dict:
             pictures = await call("Runtime.evaluate", returnByValue=True, expression=(
                 "Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, "
                 "width: i.naturalWidth, height: i.naturalHeight}))"))
-            shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-            return {"events": events, "pictures": pictures["result"]["value"], "png": shot["data"]}
+            shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True) if screenshot else {}
+            return {"events": events, "pictures": pictures["result"]["value"], "png": shot.get("data")}
 
 
 def test_report_opens_in_headless_chromium(tmp_path, tiny_manifest):
@@ -95,6 +95,11 @@ def test_report_opens_in_headless_chromium(tmp_path, tiny_manifest):
             time.sleep(0.1)
         port = int(port_file.read_text().split()[0])
         seen = asyncio.run(_inspect(port, report.resolve().as_uri()))
+        # the same checks see a picture that does not decode (a damaged copy of the report)
+        text = report.read_text()
+        damaged = tmp_path / "damaged.html"
+        damaged.write_text(text.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1))
+        bad = asyncio.run(_inspect(port, damaged.resolve().as_uri(), screenshot=False))
     finally:
         proc.terminate()
         try:
@@ -112,4 +117,5 @@ def test_report_opens_in_headless_chromium(tmp_path, tiny_manifest):
     pictures = seen["pictures"]
     assert {p["alt"] for p in pictures} == {"cmc.png", "rank_lists.png", "training.png"}
     assert all(p["complete"] and p["width"] > 0 and p["height"] > 0 for p in pictures), pictures
+    assert [p["width"] for p in bad["pictures"]].count(0) == 1
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -176,7 +176,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
         raise PretrainedMismatch(f"{path}: not a checkpoint of this architecture ({layout} layout, "
                                  f"{len(wrong) + len(unknown)} mismatching of {len(mapped)}); " + "; ".join(parts))
     model.load_state_dict(usable, strict=False)
-    at_init = sorted(k for k in own if k not in usable and not k.endswith("num_batches_tracked"))
+    covers = "backbone." if layout == "backbone" else ""  # a backbone file says nothing about the head
+    at_init = sorted(k for k in own if k.startswith(covers) and k not in usable and not k.endswith("num_batches_tracked"))
     report = LoadReport(layout, sorted(usable), at_init, dropped)
     if at_init:
         warnings.warn(f"{path} ({layout} layout): {len(at_init)} model tensors not in the file (kept at init): "
