@@ -33,7 +33,7 @@ class ExtraTrainData(StrictModel):
     """Another dataset whose training split joins the target's, e.g. VehicleX or a second synthetic
     city as the synthetic domain of multi-domain learning (001) or stage I of two-stage learning (002)."""
 
-    format: Literal["aic", "veri776", "vehicleid", "vehiclex", "synth", "manifest"] = "vehiclex"
+    format: Literal["aic", "veri776", "vehicleid", "vehiclex", "veriwild", "synth", "manifest"] = "vehiclex"
     root: str
     domain: Literal["real", "synthetic"] = "synthetic"
     synth_preset: Literal["tiny", "demo", "city"] | None = Field(None, description="generate when absent")
@@ -41,7 +41,7 @@ class ExtraTrainData(StrictModel):
 
 
 class DataConfig(StrictModel):
-    format: Literal["aic", "veri776", "vehicleid", "vehiclex", "synth", "manifest"] = "synth"
+    format: Literal["aic", "veri776", "vehicleid", "vehiclex", "veriwild", "synth", "manifest"] = "synth"
     root: str = Field("data/synth-tiny", description="dataset root (or manifest file for 'manifest')")
     synth_preset: Literal["tiny", "demo", "city"] | None = Field(
         "tiny", description="with format 'synth': generate this preset at root when absent"
@@ -54,6 +54,10 @@ class DataConfig(StrictModel):
     )
     verify_images: bool = Field(False, description="decode every image when reading the dataset")
     vehicleid_test_size: int = Field(800, description="VehicleID test list (800, 1600, 2400, ...)")
+    vehicleid_draws: int = Field(10, ge=1, description="VehicleID protocol (Liu et al. 2016): metrics are the mean "
+                                                       "over this many seeded gallery draws (seeds seed, seed+1, ...)")
+    veriwild_test_set: Literal["small", "medium", "large"] = Field(
+        "small", description="VERI-Wild test set (Lou et al. 2019): test_3000 / test_5000 / test_10000")
     validation: ValidationSplitConfig = ValidationSplitConfig()
     extra_train: list[ExtraTrainData] = Field(default_factory=list)
 
@@ -188,6 +192,26 @@ class ExtractConfig(StrictModel):
         if not self.tta or len(set(self.tta)) != len(self.tta):
             raise ValueError("tta must list at least one view, each once")
         return self
+
+
+class ExportConfig(StrictModel):
+    """ONNX export of a trained model (jobs/export.py) and its check with onnxruntime."""
+
+    opset: int = Field(18, ge=13, description="ONNX opset of model.onnx")
+    dynamo: bool = Field(False, description="torch.onnx exporter: TorchScript-based (false) or torch.export-based")
+    feature_atol: float = Field(1e-4, gt=0, description="largest |ONNX - PyTorch| of the L2-normalised features")
+    prob_atol: float = Field(1e-4, gt=0, description="largest |ONNX - PyTorch| of the probability heads")
+    top_k: int = Field(10, ge=1, description="the top-k gallery ranking of every query must be identical")
+    max_images: int = Field(512, ge=2, description="validation (else test) images the check runs on")
+    batch_size: int = Field(32, ge=1)
+
+
+class TrackingConfig(StrictModel):
+    """Experiment tracking with MLflow (vreid/tracking.py); off while mlflow_uri is null."""
+
+    mlflow_uri: str | None = Field(None, description="MLflow tracking server, e.g. http://127.0.0.1:5000; null = off")
+    experiment: str | None = Field(None, description="MLflow experiment of the run (null: vreid-<name>)")
+    timeout_s: float = Field(5.0, gt=0, description="per request; a server that does not answer is given up on")
 
 
 class CameraBiasStep(StrictModel):
@@ -386,6 +410,8 @@ class RunConfig(StrictModel):
     postprocess: PostprocessConfig = PostprocessConfig()
     tune: TuneConfig = TuneConfig()
     uda: UDAConfig = UDAConfig()
+    export: ExportConfig = ExportConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _strip_run_dir(self) -> RunConfig:

@@ -69,7 +69,7 @@ def _tune_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tuned_postprocess(cfg: RunConfig, manifest) -> PostprocessConfig:
+def tuned_postprocess(cfg: RunConfig, manifest, callbacks: list | None = None) -> PostprocessConfig:
     """The Tune stage: sweep on the validation stores, or reuse a finished sweep of this config."""
     from vreid.postprocess.actor import load_inputs
     from vreid.tune.sweep import run_sweep
@@ -86,7 +86,7 @@ def tuned_postprocess(cfg: RunConfig, manifest) -> PostprocessConfig:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(key)
-    result = run_sweep(cfg, load_inputs(cfg, manifest, "val"))
+    result = run_sweep(cfg, load_inputs(cfg, manifest, "val"), callbacks=callbacks)
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "key": key}, indent=1))
     return result["best_config"]
 
@@ -134,6 +134,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     from vreid.postprocess.actor import postprocess_run
     from vreid.postprocess.pipeline import ablation_table
     from vreid.report import write_report
+    from vreid.tracking import open_tracker
     from vreid.train.launcher import require_trained, train_models
 
     run_dir = check_run_dir(cfg.run_dir)
@@ -144,6 +145,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
              res.get("GPU", 0), run_dir)
     check_cluster(cfg)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
+    tracker = open_tracker(cfg)
     timings: dict[str, float] = {}
     with _stage("data", timings):
         manifest = load_dataset(cfg.data)
@@ -152,6 +154,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         log.info("dataset %s (%s):\n%s", cfg.data.root, cfg.data.format, dataset_summary(manifest))
     with _stage("train", timings):
         require_trained(train_models(cfg, manifest))
+    tracker.log_models(run_dir, [m.name for m in cfg.models])
     validation = cfg.data.validation.num_ids > 0
     with _stage("extract", timings):
         extract_features(cfg, manifest, store_sets(cfg))
@@ -162,12 +165,18 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         if not validation:
             raise ValueError("tune.space is set but data.validation.num_ids is 0: the sweep needs a validation split")
         with _stage("tune", timings):
-            pcfg = tuned_postprocess(cfg, manifest)
+            pcfg = tuned_postprocess(cfg, manifest, tracker.tune_callbacks())
     with _stage("postprocess", timings):
         out = postprocess_run(cfg, pcfg)
+    if cfg.data.format == "vehicleid" and out["ablation"]:
+        from vreid.eval.gallery_draws import vehicleid_draws
+
+        with _stage("gallery_draws", timings):
+            vehicleid_draws(cfg, pcfg, manifest)
     with _stage("report", timings):
         report = write_report(run_dir, manifest, pcfg.name, dump_config(cfg), timings)
     (run_dir / "timings.json").write_text(json.dumps(timings, indent=1))
+    tracker.log_results(pcfg.name, out["ablation"], report, [Path(out["out_dir"]) / "metrics.json"])
     if out["ablation"]:
         print(f"\nablation on the test split ({pcfg.name}):\n{ablation_table(out['ablation'])}")
     print(f"\nresults: {out['out_dir']}\nreport:  {report}\ntimings: " +

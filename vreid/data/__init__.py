@@ -20,15 +20,15 @@ from vreid.data.manifest import (
 from vreid.data.readers.common import ImageChecker
 from vreid.data.splits import validation_split
 
-FORMATS = ("aic", "veri776", "vehicleid", "vehiclex", "synth", "manifest")
+FORMATS = ("aic", "veri776", "vehicleid", "vehiclex", "veriwild", "synth", "manifest")
 META_ROOT, META_SKIPPED = b"vreid.root", b"vreid.skipped"
 
 
 def load_manifest(root: str | Path, format: str, on_bad_image: str = "fail", verify_images: bool = False,
-                  vehicleid_test_size: int = 800, seed: int = 0) -> pa.Table:
+                  vehicleid_test_size: int = 800, seed: int = 0, veriwild_test_set: str = "small") -> pa.Table:
     """Read a dataset into the manifest table (DESIGN.md, Contracts).
 
-    ``format``: aic | veri776 | vehicleid | vehiclex | synth | manifest. Listed images that are
+    ``format``: aic | veri776 | vehicleid | vehiclex | veriwild | synth | manifest. Listed images that are
     absent (or, with ``verify_images``, do not decode) fail naming the file, or with
     ``on_bad_image="skip"`` are left out and recorded (see ``skipped_images``). The dataset root
     is kept in the table's metadata so images can be opened from ``image_id`` later.
@@ -52,6 +52,11 @@ def load_manifest(root: str | Path, format: str, on_bad_image: str = "fail", ver
             from vreid.data.readers.vehiclex import vehiclex_rows as read
         elif format == "synth":
             from vreid.data.readers.synth import synth_rows as read
+        elif format == "veriwild":
+            from vreid.data.readers.veriwild import veriwild_rows
+
+            def read(r, c):
+                return veriwild_rows(r, c, test_set=veriwild_test_set)
         else:
             from vreid.data.readers.vehicleid import vehicleid_rows
 
@@ -89,7 +94,8 @@ def load_dataset(data_cfg) -> pa.Table:
         generate(data_cfg.root, data_cfg.synth_preset, seed=data_cfg.seed, **data_cfg.synth_options)
     table = load_manifest(data_cfg.root, data_cfg.format, on_bad_image=data_cfg.on_bad_image,
                           verify_images=data_cfg.verify_images,
-                          vehicleid_test_size=data_cfg.vehicleid_test_size, seed=data_cfg.seed)
+                          vehicleid_test_size=data_cfg.vehicleid_test_size, seed=data_cfg.seed,
+                          veriwild_test_set=data_cfg.veriwild_test_set)
     for extra in data_cfg.extra_train:
         if extra.format == "synth" and extra.synth_preset is not None:
             generate(extra.root, extra.synth_preset, seed=extra.seed)

@@ -13,8 +13,6 @@ seed 003 §3.3; their ``feature`` is their embedding f_bn.
 
 from __future__ import annotations
 
-import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -127,9 +125,10 @@ def build_model(
         input_size: (height, width) of the input images; checked by a dry forward.
         pretrained: timm hub ImageNet weights (downloads; never in tests).
         pretrained_path: local ``.pth``/``.pt`` (``torch.load(weights_only=True)``) or
-            ``.safetensors`` file: either backbone weights in timm / IBN-Net naming, or a full
-            ``ReIDModel`` state dict (keys ``backbone.*``, ``head.*``). Tensors whose shape does
-            not match (e.g. a classifier for another number of classes) are skipped.
+            ``.safetensors`` file: backbone weights in timm / torchvision / IBN-Net naming, a
+            fast-reid checkpoint, or a full ``ReIDModel`` state dict
+            (:mod:`vreid.models.pretrained`). A classifier for another number of classes stays
+            at init; tensors of another architecture fail naming the first mismatching keys.
         num_colors, num_types: attribute classes (attribute and AGNet heads).
         ibn: IBN-a conversion (ResNet family). last_stride: 1 or 2.
         pooling: ``avg`` or ``gem`` (``avg`` only for ViT, whose map is the class token).
@@ -167,46 +166,9 @@ def build_model(
     return model
 
 
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"pretrained_path {str(p)!r} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def load_weights(model: ReIDModel, path: str | Path):
+    """Load ``path`` into ``model`` (see ``pretrained_path`` of :func:`build_model` and
+    :mod:`vreid.models.pretrained` for the layouts read); returns the load report."""
+    from vreid.models.pretrained import load_pretrained
 
-        obj: Any = load_file(str(p))
-    else:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{p}: expected a state dict of tensors (optionally under 'state_dict')")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_weights(model: ReIDModel, path: str | Path) -> None:
-    """Load ``path`` into ``model`` (see ``pretrained_path`` of :func:`build_model`). Warns with
-    the names of model tensors left at their initial value; raises if nothing matches."""
-    state = _read_state_dict(path)
-    if any(k.startswith("backbone.") for k in state):
-        target: nn.Module = model
-    else:
-        target = model.backbone.model
-        filter_fn = getattr(sys.modules[type(target).__module__], "checkpoint_filter_fn", None)
-        if filter_fn is not None:  # timm's own key / position-embedding adaptation (ViT)
-            state = filter_fn(state, target)
-    own = target.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ValueError(
-            f"{path}: no tensor matches the model (first keys in file: {list(state)[:5]})"
-        )
-    target.load_state_dict(usable, strict=False)
-    missing = sorted(k for k in own if k not in usable and not k.endswith("num_batches_tracked"))
-    if missing:
-        warnings.warn(
-            f"{path}: {len(missing)} model tensors not in the file (kept at init): "
-            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}",
-            stacklevel=2,
-        )
+    return load_pretrained(model, path)

@@ -138,6 +138,14 @@ def uda_section(summary: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def gallery_draws_section(result: dict[str, Any]) -> str:
+    """VehicleID: mean and spread of the final metrics over the seeded gallery draws."""
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_pct(v['mean'])}</td><td>{_pct(v['std'])}</td>"
+                   f"<td>{_pct(v['min'])}</td><td>{_pct(v['max'])}</td></tr>" for k, v in result["summary"].items())
+    return (f"<h2>Gallery draws (VehicleID protocol, {result['num_draws']} seeded draws)</h2><table><tr>"
+            "<th>metric</th><th>mean</th><th>std</th><th>min</th><th>max</th></tr>" + rows + "</table>")
+
+
 def write_report(run_dir: str | Path, manifest, results_name: str, config_yaml: str,
                  timings: dict[str, float]) -> Path:
     """Write ``<run>/report/report.html`` (+ PNGs) from what the run left on disk."""
@@ -157,6 +165,8 @@ def write_report(run_dir: str | Path, manifest, results_name: str, config_yaml: 
     else:
         sections.append("<h2>Ablation</h2><p>No ground truth for the test split: the ranking was written "
                         "for submission only.</p>")
+    if (res / "gallery_draws.json").is_file():
+        sections.append(gallery_draws_section(json.loads((res / "gallery_draws.json").read_text())))
     pids = {}
     for split in ("query", "gallery"):
         t = split_table(manifest, split)

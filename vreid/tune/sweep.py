@@ -182,8 +182,10 @@ def plot_scores(df, keys: list[str], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig | None = None) -> dict[str, Any]:
+def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig | None = None,
+              callbacks: list | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep; write the best post-processing YAML, the trial table and a plot.
+    ``callbacks``: Tune callbacks, e.g. the MLflow trial logger of :mod:`vreid.tracking`.
 
     Returns ``{"best_config", "best_score", "default_score", "out_dir", "num_trials"}``.
     """
@@ -215,7 +217,7 @@ def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig
                                         max_concurrent_trials=tcfg.max_concurrent_trials,
                                         time_budget_s=tcfg.time_budget_s,
                                         reuse_actors=True),  # one actor (and one copy of the inputs) per slot
-            run_config=tune.RunConfig(name=tcfg.name, storage_path=storage, verbose=0))
+            run_config=tune.RunConfig(name=tcfg.name, storage_path=storage, verbose=0, callbacks=callbacks))
     log.info("tune: %d trials over %s, %d at a time, metric %s", tcfg.num_samples, sorted(tcfg.space),
              tcfg.max_concurrent_trials, tcfg.metric)
     results = tuner.fit()
