@@ -324,6 +324,28 @@ def test_ragged_prob_column_refused(run, tiny_manifest, tmp_path):
         load_features(str(dst), tiny_manifest, splits[0])
 
 
+
+def test_prob_widths_of_query_and_gallery_must_agree(run, tiny_manifest, tmp_path):
+    """Each split's rows agree, but the gallery has one class more than the queries."""
+    import shutil
+
+    from vreid.postprocess.actor import load_inputs
+
+    cfg, _, _ = run
+    c = cfg.model_copy(update={"run_dir": str(tmp_path / "run")})
+    shutil.copytree(cfg.run_dir, c.run_dir)
+    uri = store_uri(c.run_dir, "attr")
+    for part in Path(uri).glob("*.parquet"):
+        t = pq.read_table(part)
+        probs = [p + [0.0] if s == "gallery" else p
+                 for p, s in zip(t.column("color_prob").to_pylist(), t.column("split").to_pylist())]
+        pq.write_table(t.set_column(t.schema.get_field_index("color_prob"), "color_prob",
+                                    pa.array(probs, pa.list_(pa.float32()))), part)
+    with pytest.raises(StoreError, match=rf"{uri}: column 'color_prob' has 10 values per query image and 11 per "
+                                         "gallery image"):
+        load_inputs(c, tiny_manifest)
+
+
 def _broken_city(tiny_city, tmp_path, images):
     import shutil
 
