@@ -1,6 +1,6 @@
 """Extract query/gallery features of every trained model into Parquet feature stores (Ray Data)."""
 
-from vreid.cli import job_config, job_parser
+from vreid.cli import job_config, job_parser, run_job
 from vreid.data import load_dataset
 from vreid.features.extract import extract_features
 from vreid.features.store import redact
@@ -19,4 +19,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -1,6 +1,6 @@
 """The main job: every stage of the flow in order, each skipping work already complete."""
 
-from vreid.cli import job_config, job_parser
+from vreid.cli import job_config, job_parser, run_job
 from vreid.pipeline import run_pipeline
 
 
@@ -10,4 +10,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

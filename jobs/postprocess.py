@@ -1,7 +1,7 @@
 """Post-process the feature stores: ensemble, the configured steps, rankings, track2.txt, metrics."""
 
-from vreid.cli import job_config, job_parser
-from vreid.config import ConfigError, PostprocessConfig, load_config
+from vreid.cli import job_config, job_parser, run_job
+from vreid.config import PostprocessConfig, load_config
 from vreid.postprocess.actor import postprocess_run
 from vreid.postprocess.pipeline import ablation_table
 
@@ -12,12 +12,7 @@ def main() -> None:
                                          "default: the config's postprocess section")
     args = p.parse_args()
     cfg = job_config(args)
-    pcfg = None
-    if args.postprocess:
-        try:
-            pcfg = load_config(args.postprocess, model=PostprocessConfig)
-        except ConfigError as exc:
-            raise SystemExit(f"error: {exc}") from None
+    pcfg = load_config(args.postprocess, model=PostprocessConfig) if args.postprocess else None
     out = postprocess_run(cfg, pcfg)
     if out["ablation"]:
         print(ablation_table(out["ablation"]))
@@ -25,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

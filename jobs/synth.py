@@ -2,6 +2,7 @@
 
 import argparse
 
+from vreid.cli import run_job
 from vreid.data.synth import PRESETS, generate
 
 
@@ -16,4 +17,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

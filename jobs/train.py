@@ -1,6 +1,6 @@
 """Train every model of a config, each as its own Ray Train TorchTrainer, all concurrently."""
 
-from vreid.cli import job_config, job_parser
+from vreid.cli import job_config, job_parser, run_job
 from vreid.data import load_dataset
 from vreid.train.launcher import require_trained, train_models
 
@@ -14,4 +14,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

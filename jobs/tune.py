@@ -1,6 +1,6 @@
 """Tune the post-processing hyperparameters on the validation split with Ray Tune."""
 
-from vreid.cli import job_config, job_parser
+from vreid.cli import job_config, job_parser, run_job
 from vreid.data import load_dataset
 from vreid.postprocess.actor import load_inputs
 from vreid.tune.sweep import run_sweep
@@ -14,4 +14,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -305,3 +305,99 @@ def test_float16_store(run, tiny_manifest, tmp_path):
         f32, _, _ = load_features(uri, tiny_manifest, split)
         assert f16.dtype == np.float32 and f16.flags.c_contiguous
         np.testing.assert_allclose(f16, f32, atol=1e-3)
+
+
+def test_ragged_prob_column_refused(run, tiny_manifest, tmp_path):
+    """Rows of a *_prob column with different lengths (a total that still divides by the row count
+    used to be reshaped silently into wrong rows)."""
+    _, uri, _ = run
+    dst = Path(_copy_store(uri, tmp_path))
+    part = sorted(dst.glob("*.parquet"))[0]
+    t = pq.read_table(part)
+    probs, splits, ids = (t.column(c).to_pylist() for c in ("color_prob", "split", "image_id"))
+    a, b = [i for i, s in enumerate(splits) if s == splits[0]][:2]  # two rows of one split
+    probs[a], probs[b] = probs[a][:-1], probs[b] + [0.0]  # 9 and 11 colours: 20 values, as two rows of 10
+    t = t.set_column(t.schema.get_field_index("color_prob"), "color_prob", pa.array(probs, pa.list_(pa.float32())))
+    pq.write_table(t, part)
+    with pytest.raises(StoreError, match=rf"{dst}: column 'color_prob' is ragged: image '({ids[a]}|{ids[b]})' has "
+                                         r"(9|11) values, image '[^']+' (9|10)\b"):
+        load_features(str(dst), tiny_manifest, splits[0])
+
+
+
+def test_prob_widths_of_query_and_gallery_must_agree(run, tiny_manifest, tmp_path):
+    """Each split's rows agree, but the gallery has one class more than the queries."""
+    import shutil
+
+    from vreid.postprocess.actor import load_inputs
+
+    cfg, _, _ = run
+    c = cfg.model_copy(update={"run_dir": str(tmp_path / "run")})
+    shutil.copytree(cfg.run_dir, c.run_dir)
+    uri = store_uri(c.run_dir, "attr")
+    for part in Path(uri).glob("*.parquet"):
+        t = pq.read_table(part)
+        probs = [p + [0.0] if s == "gallery" else p
+                 for p, s in zip(t.column("color_prob").to_pylist(), t.column("split").to_pylist())]
+        pq.write_table(t.set_column(t.schema.get_field_index("color_prob"), "color_prob",
+                                    pa.array(probs, pa.list_(pa.float32()))), part)
+    with pytest.raises(StoreError, match=rf"{uri}: column 'color_prob' has 10 values per query image and 11 per "
+                                         "gallery image"):
+        load_inputs(c, tiny_manifest)
+
+
+def _broken_city(tiny_city, tmp_path, images):
+    import shutil
+
+    root = tmp_path / "city"
+    shutil.copytree(tiny_city, root)
+    for image_id in images:
+        (root / image_id).write_bytes(b"not a jpeg")
+    return root
+
+
+def _run_copy(cfg, tmp_path, name, root, *overrides):
+    import shutil
+
+    c = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / name}", f"data.root={root}", *overrides])
+    c.models = cfg.models[:1]
+    shutil.copytree(Path(cfg.run_dir) / "models" / "attr", Path(c.run_dir) / "models" / "attr")
+    return c
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_every_image_unreadable(run, tiny_city, tiny_manifest, tmp_path, policy):
+    """A pass in which no image decodes (no part written) raises UnreadableImages under either policy
+    (skip has nothing to keep), not a KeyError, and leaves no store behind."""
+    from vreid.data import load_manifest
+
+    cfg, _, _ = run
+    test_ids = pa.concat_tables([split_table(tiny_manifest, s) for s in ("query", "gallery")]).column("image_id")
+    root = _broken_city(tiny_city, tmp_path, test_ids.to_pylist())
+    c = _run_copy(cfg, tmp_path, policy, root, f"data.on_bad_image={policy}")
+    manifest = load_manifest(root, "synth")
+    why = "data.on_bad_image: fail" if policy == "fail" else r"no image of .*features/attr decodes, nothing to store"
+    with pytest.raises(UnreadableImages, match=rf"{len(test_ids)} image\(s\) cannot be decoded \({why}"):
+        extract_features(c, manifest, ["test"])
+    assert not list((Path(c.run_dir) / "features").glob("*")), "nothing left behind"
+
+
+def test_disk_full_during_store_write(run, tiny_manifest, tmp_path):
+    """The store root on a 64 KiB tmpfs: the Parquet write fails with ENOSPC; the error names the
+    store and its path; no _SUCCESS.json, no partial files."""
+    import subprocess
+
+    cfg, _, _ = run
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mount.stderr.decode().strip()}")
+    try:
+        c = _run_copy(cfg, tmp_path, "run", cfg.data.root, f"extract.store_root={disk}")
+        with pytest.raises(StoreError, match=rf"{disk}/features/attr: writing the store failed under "
+                                             rf"{disk}/features/attr.tmp: \[Errno 28\] No space left on device"):
+            extract_features(c, tiny_manifest, ["test"])
+        assert [p for p in disk.rglob("*") if p.is_file()] == [], "no partial files, no _SUCCESS.json"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -140,3 +140,24 @@ def test_end_to_end_from_tiny_stores(tiny_stores, tiny_manifest):
                      "camera_verification", "camera_verification", "group_rerank"]
     assert all(0 <= r["mAP"] <= 1 for r in metrics["ablation"])
     assert not list(res.parent.glob(".*tmp*")), "no half-written result directory left"
+
+
+def test_predicted_cameras_need_the_camera_models_class_ids():
+    """camera_verification with predicted=true maps each camera_prob column to a camera id through
+    the camera model's class_ids (model.json); without them (or with another count) it fails before
+    any work, naming the model, instead of a KeyError / IndexError mid-run."""
+    inputs = _city()
+    cams = np.eye(3, dtype=np.float32)
+    inputs.features["cam"] = inputs.features["m"]
+    inputs.tasks["cam"] = "camera"
+    inputs.extras["cam"] = {"camera_prob": (cams[inputs.query.camids], cams[inputs.gallery.camids])}
+    cfg = _cfg({"step": "camera_verification", "predicted": True}, models=["m"], camera_model="cam")
+    with pytest.raises(PostprocessError, match=r"camera model 'cam' records no class_ids in models/cam/model.json, "
+                                               r"expected the camera id of each of its 3 camera_prob columns"):
+        run_postprocess(inputs, cfg)
+    inputs.camera_classes["cam"] = [7, 8]
+    with pytest.raises(PostprocessError, match="camera model 'cam' records 2 class_ids"):
+        run_postprocess(inputs, cfg)
+    inputs.camera_classes["cam"] = [0, 1, 2]  # the classes are the labelled cameras: as with labels
+    labelled = run_postprocess(inputs, _cfg({"step": "camera_verification"}, models=["m"]))
+    np.testing.assert_array_equal(run_postprocess(inputs, cfg).indices, labelled.indices)

@@ -225,3 +225,73 @@ def test_validation_split(tiny_manifest):
     with pytest.raises(ManifestError, match="num_ids=99"):
         validation_split(tiny_manifest, 99)
     assert pc.all(pc.equal(q.column("order"), pa.array(range(q.num_rows), pa.int32()))).as_py()
+
+
+def test_track_file_with_names_not_listed(tmp_path):
+    """A track file of another list or dataset used to leave every image without a track."""
+    root = make_aic(tmp_path)
+    (root / "test_track.txt").write_text("000001.jpg 000003.jpg\n000002.jpg 000099.jpg\n")
+    with pytest.raises(ManifestError, match=r"test_track.txt:2: image '000099.jpg' is not among the 3 listed images"):
+        load_manifest(root, "aic")
+    (root / "test_track.txt").write_text("0001_c001_1.jpg\n")  # nothing matches
+    with pytest.raises(ManifestError, match=r"test_track.txt:1: image '0001_c001_1.jpg' is not among"):
+        load_manifest(root, "aic")
+
+
+def test_vehicleid_attribute_file_bad_line(tmp_path):
+    (tmp_path / "train_test_split").mkdir()
+    (tmp_path / "attribute").mkdir()
+    (tmp_path / "train_test_split" / "train_list.txt").write_text("a1 1\n")
+    (tmp_path / "train_test_split" / "test_list_800.txt").write_text("b1 5\nb2 5\n")
+    for n in ("a1", "b1", "b2"):
+        _img(tmp_path / "image" / f"{n}.jpg")
+    colors = tmp_path / "attribute" / "color_attr.txt"
+    colors.write_text("5 2\n6 blue\n")
+    with pytest.raises(ManifestError, match=r"color_attr.txt:2: field attribute_id='blue' is not an integer"):
+        load_manifest(tmp_path, "vehicleid")
+    colors.write_text("5 2\n\n6\n")
+    with pytest.raises(ManifestError, match=r"color_attr.txt:3: expected 'vehicle_id attribute_id', got '6'"):
+        load_manifest(tmp_path, "vehicleid")
+
+
+def test_synth_ground_truth_missing_column(tmp_path, tiny_city):
+    import csv
+    import shutil
+
+    root = tmp_path / "city"
+    shutil.copytree(tiny_city, root)
+    gt = root / "gt" / "test_gt.csv"
+    rows = list(csv.DictReader(gt.read_text().splitlines()))
+    with open(gt, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=[c for c in rows[0] if c != "camid"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(ManifestError, match=r"gt/test_gt.csv:1: no column 'camid' in the header"):
+        load_manifest(root, "synth")
+
+
+@pytest.mark.parametrize("name", ["name_test.txt", "test_track.txt"])
+def test_list_or_track_file_not_utf8(tmp_path, name):
+    root = make_aic(tmp_path)
+    text = (root / name).read_bytes()
+    first = text.index(b"\n") + 1
+    (root / name).write_bytes(text[:first] + b"\xff" + text[first:])  # gb2312 / Latin-1 saved lists look so
+    with pytest.raises(ManifestError, match=rf"{name}:2: byte offset {first}: b'\\xff' is not valid UTF-8"):
+        load_manifest(root, "aic")
+
+
+def test_empty_gallery_fails_at_load_naming_the_split(tmp_path, tiny_manifest):
+    from vreid.config import DataConfig
+    from vreid.data import load_dataset
+
+    root = make_aic(tmp_path / "aic")
+    for p in (root / "image_test").iterdir():
+        p.unlink()
+    cfg = DataConfig(format="aic", root=str(root), synth_preset=None, on_bad_image="skip")
+    with pytest.raises(ManifestError, match=r"aic: the gallery split is empty \(3 listed images were left out "
+                                            r"as unreadable\)"):
+        load_dataset(cfg)
+    no_gallery = write_manifest(tiny_manifest.filter(pc.not_equal(tiny_manifest.column("split"), "gallery")),
+                                tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match=r"m.parquet: the gallery split is empty; the run ranks"):
+        load_dataset(DataConfig(format="manifest", root=str(no_gallery), synth_preset=None))

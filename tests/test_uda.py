@@ -71,7 +71,7 @@ def test_stage2_config_puts_stage2_models_in_the_ensemble(tmp_path):
     assert ens.weights == {"bot-uda0": 2.0, "bot-uda1": 2.0}
     assert ens.attribute_model == "attr"  # attribute predictions stay stage 1's (labelled attributes)
     m = cfg2.models[2]
-    assert m.init_from == str((tmp_path / "run" / "models" / "bot").resolve())
+    assert m.init_from == "models/bot", "relative to the run directory, so that a moved run stays complete"
     assert [s.name for s in m.recipe] == ["uda"] and m.recipe[0].classifier_init == "centroids"
     assert m.recipe == [cfg.uda.stage]
     default = UDAConfig().stage
@@ -143,7 +143,7 @@ def test_stage2_trains_through_the_launcher(stage1_run, tiny_manifest):
     model, meta = load_trained_model(run / "models" / "attr-uda")
     assert len(meta["class_ids"]) == n_ids and model.num_classes == n_ids
     assert [h["stage"] for h in meta["history"]] == ["uda"]
-    assert meta["config"]["init_from"] == str((run / "models" / "attr").resolve())
+    assert meta["config"]["init_from"] == "models/attr"
     # it started from the stage-1 weights: one epoch at lr 4e-4 moved them only a little
     src, src_meta = load_trained_model(run / "models" / "attr")
     old_w = src.backbone.model.state_dict()
@@ -160,6 +160,17 @@ def test_stage2_trains_through_the_launcher(stage1_run, tiny_manifest):
     again = train_stage2(cfg, tiny_manifest)[0]
     assert [m.name for m in again.models] == [m.name for m in cfg2.models]
     assert (run / "models" / "attr-uda" / "_SUCCESS.json").stat().st_mtime_ns == stamp
+    # the run moved (--set run_dir=), its old place gone: stage 2 is still complete there
+    moved = run.parent / "moved" / "run"
+    shutil.copytree(run, moved)
+    away = run.with_name("run.away")
+    run.rename(away)
+    try:
+        stamp = (moved / "models" / "attr-uda" / "_SUCCESS.json").stat().st_mtime_ns
+        train_stage2(cfg.model_copy(update={"run_dir": str(moved)}), tiny_manifest)
+        assert (moved / "models" / "attr-uda" / "_SUCCESS.json").stat().st_mtime_ns == stamp, "retrained after a move"
+    finally:
+        away.rename(run)
 
 
 def test_all_noise_skips_stage2(stage1_run, tiny_manifest, caplog):

@@ -1,12 +1,18 @@
-"""What every job shares: ``--config FILE`` plus ``--set dotted.key=value`` overrides."""
+"""What every job shares: ``--config FILE`` plus ``--set dotted.key=value`` overrides, and bad
+input (config, dataset, stores: :class:`vreid.errors.InputError`) printed as one ``error:`` block
+with exit status 2 instead of a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
-from vreid.config import ConfigError, RunConfig, load_config
+from vreid.config import RunConfig, load_config
+from vreid.errors import input_error_of
+
+INPUT_ERROR_STATUS = 2  # as argparse exits on a bad command line
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -18,10 +24,19 @@ def job_parser(description: str) -> argparse.ArgumentParser:
 
 
 def job_config(args: argparse.Namespace) -> RunConfig:
-    """Load the config or exit with the validation message (no traceback)."""
+    """Load the config (a ``ConfigError`` names the field; :func:`run_job` prints it)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return load_config(args.config, args.overrides)
+
+
+def run_job(main: Callable[[], object]) -> None:
+    """Run a job's ``main``; an ``InputError``, raised here or in a Ray task or actor, ends
+    the job with its message as one ``error:`` block (any other error keeps its traceback)."""
     try:
-        return load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        main()
+    except Exception as exc:
+        err = input_error_of(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(INPUT_ERROR_STATUS) from None

@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vreid.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration file or override is invalid."""
 
 
@@ -144,7 +146,8 @@ class ModelConfig(StrictModel):
     pretrained: bool = False
     pretrained_path: str | None = None
     init_from: str | None = Field(
-        None, description="a trained model directory to start from, e.g. the stage-1 model of UDA stage 2")
+        None, description="a trained model directory to start from, e.g. the stage-1 model of UDA stage 2; "
+                          "a relative path is relative to run_dir")
     weight: float = Field(1.0, ge=0, description="ensemble weight of this model's feature (000/002)")
     recipe: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
     scaling: ScalingSection = ScalingSection()

@@ -84,6 +84,16 @@ def skipped_images(table: pa.Table) -> list[dict[str, str]]:
     return json.loads((table.schema.metadata or {}).get(META_SKIPPED, b"[]"))
 
 
+def require_test_splits(table: pa.Table, source: str) -> None:
+    """The dataset a run evaluates on needs query and gallery images (extra training sets do not)."""
+    skipped = skipped_images(table)
+    for split in ("query", "gallery"):
+        if split_table(table, split).num_rows == 0:
+            hint = f" ({len(skipped)} listed images were left out as unreadable)" if skipped else ""
+            raise ManifestError(f"{source}: the {split} split is empty{hint}; the run ranks the query images "
+                                "against the gallery images")
+
+
 def load_dataset(data_cfg) -> pa.Table:
     """Manifest for a ``DataConfig`` plus its ``extra_train`` sets; generates synthetic cities
     first when they are absent."""
@@ -96,6 +106,7 @@ def load_dataset(data_cfg) -> pa.Table:
                           verify_images=data_cfg.verify_images,
                           vehicleid_test_size=data_cfg.vehicleid_test_size, seed=data_cfg.seed,
                           veriwild_test_set=data_cfg.veriwild_test_set)
+    require_test_splits(table, data_cfg.root)
     for extra in data_cfg.extra_train:
         if extra.format == "synth" and extra.synth_preset is not None:
             generate(extra.root, extra.synth_preset, seed=extra.seed)
@@ -107,6 +118,6 @@ def load_dataset(data_cfg) -> pa.Table:
 
 __all__ = [
     "FORMATS", "MANIFEST_SCHEMA", "SPLITS", "ManifestError", "build_manifest", "dataset_root",
-    "load_dataset", "load_manifest", "read_manifest_file", "skipped_images", "split_table",
+    "load_dataset", "load_manifest", "read_manifest_file", "require_test_splits", "skipped_images", "split_table",
     "validate_manifest", "validation_split", "write_manifest",
 ]

@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vreid.errors import InputError
+
 SPLITS = ("train", "query", "gallery")
 DOMAINS = ("real", "synthetic")
 
@@ -46,7 +48,7 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A dataset or manifest does not match what the reader expected."""
 
 

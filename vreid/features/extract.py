@@ -11,6 +11,7 @@ renamed when complete, with ``_SUCCESS.json`` written last; a rerun skips stores
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import pyarrow.fs as pafs
 from vreid.features.store import (
     SCHEMA_VERSION,
     SUCCESS,
+    StoreError,
     filesystem,
     read_success,
     redact,
@@ -32,12 +34,13 @@ from vreid.features.store import (
     to_fixed_list,
     write_success,
 )
+from vreid.errors import InputError, root_cause
 from vreid.models.trained import read_trained_meta
 
 log = logging.getLogger("vreid.features")
 
 
-class UnreadableImages(ValueError):
+class UnreadableImages(InputError):
     """Images that could not be decoded at extraction under ``data.on_bad_image: fail``."""
 
 
@@ -144,6 +147,11 @@ class _StoreWrite:
                 self.fs.delete_dir(stale)
         self.fs.create_dir(self.target)
 
+    def abort(self) -> None:
+        """Remove what this write left (its parts and any marker): a failed pass leaves nothing."""
+        if self.fs.get_file_info(self.target).type != pafs.FileType.NotFound:
+            self.fs.delete_dir(self.target)
+
     def finish(self, smeta: dict[str, Any]) -> None:
         write_success(self.fs, self.target, smeta)
         if self.local:
@@ -190,25 +198,41 @@ def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_r
                         num_cpus=ecfg.cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor)
     if len(todo) > 1:  # the features stay in the object store while each store takes its rows
         ds = ds.materialize()
-    metas = []
-    for i, (w, rows) in enumerate(todo):
-        ds.map_batches(_select_store, fn_kwargs={"index": i}, batch_format="pyarrow",
-                       batch_size=None).write_parquet(w.target, filesystem=w.fs)
-        parts = pads.dataset(w.target, filesystem=w.fs, format="parquet")
-        written = parts.to_table(columns=["image_id"]).column("image_id")
-        metas.append(store_metadata(model_dir, meta, ecfg, len(written), parts.schema.field("feature").type.list_size,
-                                    sorted(pc.unique(rows.column("split")).to_pylist()),
-                                    skipped_at_extraction(rows, written, dataset_root)))
-    bad = [f"{Path(dataset_root) / s['image_id']}: {s['reason']}" for m in metas for s in m["skipped"]]
-    if bad and on_bad_image == "fail":
-        for w, _ in todo:
-            w.fs.delete_dir(w.target)
-        raise UnreadableImages(f"{len(bad)} image(s) cannot be decoded (data.on_bad_image: fail; 'skip' leaves "
-                               f"them out): " + "; ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
-    for (w, _), smeta in zip(todo, metas):
-        w.finish(smeta)
-        out[w.uri] = smeta
-        log.info("store %s: %d rows, dim %d, %s", redact(w.uri), smeta["rows"], smeta["dim"], ecfg.dtype)
+    metas, w = [], todo[0][0]
+    try:
+        for i, (w, rows) in enumerate(todo):
+            ds.map_batches(_select_store, fn_kwargs={"index": i}, batch_format="pyarrow",
+                           batch_size=None).write_parquet(w.target, filesystem=w.fs)
+            parts = pads.dataset(w.target, filesystem=w.fs, format="parquet")
+            if "feature" in parts.schema.names:
+                written, dim = parts.to_table(columns=["image_id"]).column("image_id"), \
+                    parts.schema.field("feature").type.list_size
+            else:  # no image of the store decoded: no part was written
+                written, dim = pa.chunked_array([], pa.string()), None
+            metas.append(store_metadata(model_dir, meta, ecfg, len(written), dim,
+                                        sorted(pc.unique(rows.column("split")).to_pylist()),
+                                        skipped_at_extraction(rows, written, dataset_root)))
+        bad = [f"{Path(dataset_root) / s['image_id']}: {s['reason']}" for m in metas for s in m["skipped"]]
+        empty = [redact(w.uri) for (w, _), m in zip(todo, metas) if m["skipped"] and not m["rows"]]
+        if bad and (on_bad_image == "fail" or empty):
+            why = ("data.on_bad_image: fail; 'skip' leaves them out" if on_bad_image == "fail"
+                   else f"no image of {', '.join(empty)} decodes, nothing to store")
+            raise UnreadableImages(f"{len(bad)} image(s) cannot be decoded ({why}): "
+                                   + "; ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
+        for (w, _), smeta in zip(todo, metas):
+            w.finish(smeta)
+            out[w.uri] = smeta
+            log.info("store %s: %d rows, dim %d, %s", redact(w.uri), smeta["rows"], smeta["dim"], ecfg.dtype)
+    except Exception as exc:
+        for pending, _ in todo:  # nothing of this pass stays behind, complete-looking or not
+            if pending.uri not in out:
+                pending.abort()
+        err = root_cause(exc)  # a filesystem error (disk full, ...) of a Ray Data write task or of the driver
+        if not isinstance(err, OSError):
+            raise
+        reason = f"[Errno {err.errno}] {os.strerror(err.errno)}" if err.errno else str(err)
+        raise StoreError(f"{redact(w.uri)}: writing the store failed under {w.target}: {reason}; nothing "
+                         "was marked complete and its partial files were removed") from None
     return out
 
 

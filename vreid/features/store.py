@@ -21,12 +21,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from vreid.errors import InputError
+
 SCHEMA_VERSION = 1
 SUCCESS = "_SUCCESS.json"
 STORE_SETS = {"test": "features", "val": "val_features"}
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A feature store is missing, incomplete, or does not match what the caller expects."""
 
 
@@ -145,12 +147,26 @@ def load_features(uri: str, manifest: pa.Table, split: str, expect_sha256: str |
     if not np.isfinite(feats).all():
         bad = int(np.flatnonzero(~np.isfinite(feats).all(1))[0])
         raise StoreError(f"{name}: feature of '{want[bad].as_py()}' has NaN or Inf")
-    extra = {}
     from vreid.features.tta import PROB_COLUMNS
 
-    for name in PROB_COLUMNS:
-        if name in table.column_names:
-            col = table.column(name).combine_chunks()
-            extra[name] = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
-                table.num_rows, -1)
+    extra = {col: _prob_matrix(name, col, table.column(col), want) for col in PROB_COLUMNS if col in table.column_names}
     return feats, extra, meta
+
+
+def _prob_matrix(store: str, name: str, col: pa.ChunkedArray, image_ids: pa.Array) -> np.ndarray:
+    """A ``*_prob`` list column as an (N, classes) float32 matrix; every row must hold one value
+    per class (rows aligned with ``image_ids``)."""
+    col = col.combine_chunks()
+    if not (pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+        raise StoreError(f"{store}: column '{name}' is {col.type}, expected list<float> (one probability per class)")
+    lengths = pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False)
+    odd = np.flatnonzero((lengths != lengths[0]) | (lengths < 0)) if len(lengths) else []
+    if len(odd):
+        i = int(odd[0])
+        found = f"image '{image_ids[i].as_py()}' has " + ("no value (null)" if lengths[i] < 0 else f"{lengths[i]} values")
+        if i > 0:
+            found += f", image '{image_ids[0].as_py()}' {lengths[0]}"
+        raise StoreError(f"{store}: column '{name}' is ragged: {found}; expected one probability per class on "
+                         "every row")
+    values = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    return values.reshape(len(col), int(lengths[0]) if len(lengths) else 0)

@@ -16,7 +16,13 @@ from typing import Any
 
 import torch
 
+from vreid.errors import InputError
+
 WEIGHTS, META, SUCCESS = "model.safetensors", "model.json", "_SUCCESS.json"
+
+
+class IncompleteModel(InputError, FileNotFoundError):
+    """A model directory that holds no complete trained model (not trained yet, or interrupted)."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -49,7 +55,7 @@ def read_trained_meta(model_dir: str | Path) -> dict[str, Any]:
     """``model.json`` plus the recorded sha256; raises when the directory is not complete."""
     d = Path(model_dir)
     if not (d / SUCCESS).is_file():
-        raise FileNotFoundError(f"{d}: no complete trained model here (missing {SUCCESS})")
+        raise IncompleteModel(f"{d}: no complete trained model here (missing {SUCCESS})")
     meta = json.loads((d / META).read_text())
     meta["sha256"] = json.loads((d / SUCCESS).read_text())["sha256"]
     return meta

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from vreid.config import PostprocessConfig, RunConfig
 from vreid.data import split_table
-from vreid.features.store import load_features, store_uri, without_skipped
+from vreid.features.store import StoreError, load_features, redact, store_uri, without_skipped
 from vreid.models.trained import read_trained_meta
 from vreid.postprocess.pipeline import (
     PostprocessInputs,
@@ -56,6 +56,10 @@ def load_inputs(cfg: RunConfig, manifest: pa.Table, store_set: str = "test") -> 
         qf, qx, smeta = load_features(uri, table, "query", expect_sha256=meta["sha256"])
         gf, gx, _ = load_features(uri, table, "gallery", expect_sha256=meta["sha256"])
         features[m.name] = (qf, gf)
+        for k in qx:
+            if qx[k].shape[1] != gx[k].shape[1]:
+                raise StoreError(f"{redact(uri)}: column '{k}' has {qx[k].shape[1]} values per query image and "
+                                 f"{gx[k].shape[1]} per gallery image; expected one probability per class on both")
         extras[m.name] = {k: (qx[k], gx[k]) for k in qx}
         tasks[m.name] = smeta["task"]
         weights[m.name] = m.weight
@@ -100,20 +104,26 @@ class PostprocessActor:
     """Holds the loaded stores and the caches; use as ``ray.remote(PostprocessActor)``."""
 
     def __init__(self, cfg: dict[str, Any], store_set: str = "test"):
-        from vreid.data import load_dataset
-
         self.cfg = RunConfig.model_validate(cfg)
-        self.inputs = load_inputs(self.cfg, load_dataset(self.cfg.data), store_set)
+        self.store_set = store_set
+        self._inputs: PostprocessInputs | None = None
         self.cache: dict = {}
 
     def inputs_ref(self) -> PostprocessInputs:
-        return self.inputs
+        """The loaded stores; loaded on the first call, so that bad input reaches the caller as the
+        error it is (an actor whose constructor raises only reports that it died)."""
+        from vreid.data import load_dataset
+
+        if self._inputs is None:
+            self._inputs = load_inputs(self.cfg, load_dataset(self.cfg.data), self.store_set)
+        return self._inputs
 
     def run(self, pcfg: dict[str, Any], out_dir: str | None = None) -> dict[str, Any]:
         config = PostprocessConfig.model_validate(pcfg)
-        result = run_postprocess(self.inputs, config, self.cache)
+        inputs = self.inputs_ref()
+        result = run_postprocess(inputs, config, self.cache)
         if out_dir is not None:
-            write_results(self.inputs, result, out_dir, config)
+            write_results(inputs, result, out_dir, config)
         return {"ablation": result.ablation, "final": result.final, "indices": result.indices,
                 "distances": result.distances}
 

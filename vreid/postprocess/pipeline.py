@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vreid.config import PostprocessConfig
+from vreid.errors import InputError
 from vreid.eval import evaluate, evaluate_ranked
 from vreid.postprocess.attribute_constraint import attribute_constraint
 from vreid.postprocess.bias_fusion import bias_fusion
@@ -41,7 +42,7 @@ FEATURE_STEPS = ("camera_bias", "tracklet", "query_grouping", "query_expansion")
 DISTANCE_STEPS = ("rerank", "bias_fusion", "attribute_constraint", "camera_verification", "temporal_filter")
 
 
-class PostprocessError(ValueError):
+class PostprocessError(InputError):
     """A post-processing config that cannot run on the given inputs."""
 
 
@@ -136,6 +137,12 @@ def _check(cfg: PostprocessConfig, inputs: PostprocessInputs) -> list[str]:
             if cam is None or "camera_prob" not in inputs.extras.get(cam, {}):
                 raise PostprocessError("camera_verification with predicted=true needs ensemble.camera_model "
                                        "with a camera_prob column")
+            classes, width = inputs.camera_classes.get(cam), inputs.extras[cam]["camera_prob"][0].shape[1]
+            if classes is None or len(classes) != width:
+                found = "records no class_ids" if classes is None else f"records {len(classes)} class_ids"
+                raise PostprocessError(f"camera_verification with predicted=true: camera model '{cam}' {found} in "
+                                       f"models/{cam}/model.json, expected the camera id of each of its {width} "
+                                       "camera_prob columns")
     return models
 
 

@@ -56,6 +56,14 @@ def model_key(cfg: RunConfig, model: ModelConfig, rows: str | None = None) -> st
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def with_run_paths(model: ModelConfig, run_dir: Path) -> ModelConfig:
+    """``model`` as the workers see it: ``init_from`` relative to the run directory made absolute
+    (the key and the recorded config keep it relative, so a moved run is still complete)."""
+    if not model.init_from:
+        return model
+    return model.model_copy(update={"init_from": str(run_dir / model.init_from)})
+
+
 def training_manifest(cfg: RunConfig, manifest: pa.Table) -> pa.Table:
     """Training rows plus, when configured, the validation query/gallery held out of them."""
     v = cfg.data.validation
@@ -203,7 +211,7 @@ def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = No
     if shared is not None:
         tables = {m.name: shared for m, _ in todo}
     for m, _ in todo:
-        preflight([m], tables[m.name])
+        preflight([with_run_paths(m, run_dir)], tables[m.name])
     shared_path = write_manifest(shared, run_dir / work / "manifest.parquet") if shared is not None else None
     manifests = {}
     for m, _ in todo:
@@ -223,7 +231,7 @@ def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = No
                  "%d validation images", m.name, m.backbone, m.head, m.scaling.num_workers, m.scaling.use_gpu,
                  m.scaling.cpus_per_worker, m.scaling.gpus_per_worker if m.scaling.use_gpu else 0,
                  sum(s.epochs for s in m.recipe), n_val)
-        ref = fit.remote(m.model_dump(mode="json"), {**loop_cfg, "manifest_path": manifest_path}, storage,
+        ref = fit.remote(with_run_paths(m, run_dir).model_dump(mode="json"), {**loop_cfg, "manifest_path": manifest_path}, storage,
                          f"{m.name}-{key}", cfg.train.max_failures)
         pending[ref] = (m, key)
     while pending:

@@ -45,7 +45,7 @@ def stage2_model(cfg: RunConfig, source: ModelConfig, name: str) -> ModelConfig:
     """``source`` started from its stage-1 weights with the UDA recipe (one stage)."""
     return ModelConfig.model_validate({
         **source.model_dump(mode="json"), "name": name, "pretrained": False, "pretrained_path": None,
-        "init_from": str(Path(cfg.run_dir).resolve() / "models" / source.name),
+        "init_from": f"models/{source.name}",  # relative to the run: a moved run stays complete
         "recipe": [cfg.uda.stage.model_dump(mode="json")]})
 
 

@@ -19,13 +19,14 @@ from typing import Any
 import yaml
 
 from vreid.config import STEP_NAMES, PostprocessConfig, RunConfig, SearchDimension, TuneConfig
+from vreid.errors import InputError
 from vreid.fault_points import pause_point
 from vreid.postprocess.pipeline import FEATURE_STEPS, PostprocessInputs, prepare_cache, run_postprocess
 
 log = logging.getLogger("vreid.tune")
 
 
-class SweepError(ValueError):
+class SweepError(InputError):
     """A search space or sweep that cannot run or produced no usable trial."""
 
 

@@ -6,6 +6,7 @@ import codecs
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Collection
 from pathlib import Path
 
 from vreid.data.manifest import ManifestError
@@ -55,13 +56,25 @@ def parse_label_xml(path: Path) -> list[dict[str, str]]:
     return items
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (list, track, attribute or CSV file); bytes that are not
+    UTF-8 fail naming the file, the line and the byte offset."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ManifestError(f"{path}:{line}: byte offset {exc.start}: {raw[exc.start:exc.start + 1]!r} is not "
+                            "valid UTF-8; expected a UTF-8 text file") from None
+
+
 def read_name_list(path: Path) -> list[str]:
     """One image name per line (``name_query.txt`` / ``name_test.txt``); duplicates are errors."""
     if not path.is_file():
         raise ManifestError(f"{path}: list file not found")
     names: list[str] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+    for lineno, line in enumerate(read_lines(path), 1):
         name = line.strip()
         if not name:
             continue
@@ -102,17 +115,19 @@ def require_dir(path: Path) -> Path:
     return path
 
 
-def read_tracks(path: Path, name_of: dict[str, str] | None = None) -> dict[str, int]:
+def read_tracks(path: Path, names: Collection[str], name_of: dict[str, str] | None = None) -> dict[str, int]:
     """Track files → {image name: track index (line number, 0-based)}.
 
-    2021 layout (``*_track.txt``): image names separated by spaces. 2020 layout
-    (``*_track_id.txt``): integer image numbers, mapped through ``name_of`` (number → name).
+    2021 layout (``*_track.txt``): image names separated by spaces, each one of ``names`` (the
+    split's listed images). 2020 layout (``*_track_id.txt``): integer image numbers, mapped
+    through ``name_of`` (number → name).
     """
     if not path.is_file():
         raise ManifestError(f"{path}: track file not found")
     tracks: dict[str, int] = {}
     track = -1
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    known = set(names)
+    for lineno, line in enumerate(read_lines(path), 1):
         tokens = line.split()
         if not tokens:
             continue
@@ -125,6 +140,9 @@ def read_tracks(path: Path, name_of: dict[str, str] | None = None) -> dict[str, 
                 name = name_of.get(str(int(tok)), "")
                 if not name:
                     raise ManifestError(f"{path}:{lineno}: image number {tok} is not in the image list")
+            elif name not in known:
+                raise ManifestError(f"{path}:{lineno}: image '{name}' is not among the {len(known)} listed images "
+                                    "of its split; the track file belongs to another list or dataset")
             if name in tracks:
                 raise ManifestError(f"{path}:{lineno}: image '{name}' is already in another track")
             tracks[name] = track

@@ -8,23 +8,25 @@ from typing import Any
 
 from vreid.data.manifest import ManifestError
 from vreid.data.readers.aic import aic_rows
-from vreid.data.readers.common import ImageChecker, parse_float, parse_int
+from vreid.data.readers.common import ImageChecker, parse_float, parse_int, read_lines
+from vreid.data.synth.generate import GT_FIELDS
 
+_FLOAT_FIELDS = ("timestamp", "orientation")
 _GT = {"train": "train_gt.csv", "query": "query_gt.csv", "gallery": "test_gt.csv"}
 
 
 def _gt(path: Path) -> dict[str, dict[str, Any]]:
+    """``gt/*_gt.csv``: a header naming every column of ``GT_FIELDS``, then one row per image."""
+    reader = csv.DictReader(read_lines(path))
+    missing = [c for c in GT_FIELDS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ManifestError(f"{path}:1: no column '{missing[0]}' in the header {reader.fieldnames}; "
+                            f"expected the columns {list(GT_FIELDS)}")
     out = {}
-    with open(path, newline="") as fh:
-        for lineno, rec in enumerate(csv.DictReader(fh), 2):
-            where = f"{path}:{lineno}"
-            out[rec["name"]] = {
-                "pid": parse_int(rec["pid"], where, "pid"), "camid": parse_int(rec["camid"], where, "camid"),
-                "trackid": parse_int(rec["trackid"], where, "trackid"),
-                "timestamp": parse_float(rec["timestamp"], where, "timestamp"),
-                "color": parse_int(rec["color"], where, "color"), "vtype": parse_int(rec["vtype"], where, "vtype"),
-                "orientation": parse_float(rec["orientation"], where, "orientation"),
-            }
+    for rec in reader:
+        where = f"{path}:{reader.line_num}"
+        out[rec["name"]] = {c: (parse_float if c in _FLOAT_FIELDS else parse_int)(rec[c], where, c)
+                            for c in GT_FIELDS if c != "name"}
     return out
 
 

@@ -8,33 +8,43 @@ from typing import Any
 import numpy as np
 
 from vreid.data.manifest import ManifestError
-from vreid.data.readers.common import ImageChecker, parse_int, require_dir
+from vreid.data.readers.common import ImageChecker, parse_int, read_lines, require_dir
 
 # VehicleID has no camera ids; the usual protocol treats query and gallery as different cameras
 # so that the same-camera junk rule does not remove every positive.
 QUERY_CAMID, GALLERY_CAMID = 0, 1
 
 
-def _pairs(path: Path) -> list[tuple[str, int]]:
-    if not path.is_file():
-        raise ManifestError(f"{path}: list file not found")
+def _two_columns(path: Path, expected: str) -> list[tuple[str, str, str]]:
+    """(``file:line``, first, second) of every non-blank line of a two-column text file."""
     out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_lines(path), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 2:
-            raise ManifestError(f"{path}:{lineno}: expected 'image_name vehicle_id', got '{line.strip()}'")
-        out.append((parts[0], parse_int(parts[1], f"{path}:{lineno}", "vehicle_id")))
+            raise ManifestError(f"{path}:{lineno}: expected '{expected}', got '{line.strip()}'")
+        out.append((f"{path}:{lineno}", parts[0], parts[1]))
+    return out
+
+
+def _pairs(path: Path) -> list[tuple[str, int]]:
+    """``train_test_split/*.txt``: one 'image_name vehicle_id' per line."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: list file not found")
+    out = [(name, parse_int(pid, where, "vehicle_id"))
+           for where, name, pid in _two_columns(path, "image_name vehicle_id")]
     if not out:
         raise ManifestError(f"{path}: the list is empty")
     return out
 
 
 def _attr(path: Path) -> dict[int, int]:
+    """``attribute/{color,model}_attr.txt``: one 'vehicle_id attribute_id' per line."""
     if not path.is_file():
         return {}
-    return {int(a): int(b) for a, b in (ln.split()[:2] for ln in path.read_text().splitlines() if ln.split())}
+    return {parse_int(pid, where, "vehicle_id"): parse_int(value, where, "attribute_id")
+            for where, pid, value in _two_columns(path, "vehicle_id attribute_id")}
 
 
 def vehicleid_rows(root: Path, checker: ImageChecker, test_size: int = 800,

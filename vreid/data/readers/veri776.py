@@ -46,7 +46,7 @@ def veri776_rows(root: Path, checker: ImageChecker) -> list[dict[str, Any]]:
         names = read_name_list(lp) if lp.is_file() or split != "train" else sorted(
             p.name for p in (root / folder).iterdir() if _NAME.match(p.name))
         track_path = root / f"{'test' if split == 'gallery' else split}_track.txt"
-        tracks = read_tracks(track_path) if split == "gallery" and track_path.is_file() else {}
+        tracks = read_tracks(track_path, names) if split == "gallery" and track_path.is_file() else {}
         for order, name in enumerate(names):
             m = _NAME.match(name)
             if not m:
