@@ -185,28 +185,36 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_weights(model: ReIDModel, path: str | Path) -> None:
-    """Load ``path`` into ``model`` (see ``pretrained_path`` of :func:`build_model`). Warns with
-    the names of model tensors left at their initial value; raises if nothing matches."""
+def load_weights(model: ReIDModel, path: str | Path) -> dict[str, Any]:
+    """Load ``path`` into ``model`` (see ``pretrained_path`` of :func:`build_model`); a backbone
+    file goes through :func:`vreid.models.pretrained.map_backbone_state` (IBN-Net, timm ...).
+    Warns with the model tensors left at their initial value and the file's tensors not used;
+    raises if nothing matches. Returns ``{"layout", "loaded", "missing", "unused"}``."""
+    from vreid.models.pretrained import map_backbone_state
+
     state = _read_state_dict(path)
     if any(k.startswith("backbone.") for k in state):
         target: nn.Module = model
+        layout = "vreid"
     else:
         target = model.backbone.model
+        state, layout = map_backbone_state(state, target)
         filter_fn = getattr(sys.modules[type(target).__module__], "checkpoint_filter_fn", None)
-        if filter_fn is not None:  # timm's own key / position-embedding adaptation (ViT)
+        if layout == "timm" and filter_fn is not None:  # timm's own key / position-embedding adaptation (ViT)
             state = filter_fn(state, target)
     own = target.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise ValueError(
-            f"{path}: no tensor matches the model (first keys in file: {list(state)[:5]})"
+            f"{path}: no tensor matches the model (read as layout {layout!r}; first keys in file: "
+            f"{list(state)[:5]})"
         )
     target.load_state_dict(usable, strict=False)
     missing = sorted(k for k in own if k not in usable and not k.endswith("num_batches_tracked"))
-    if missing:
-        warnings.warn(
-            f"{path}: {len(missing)} model tensors not in the file (kept at init): "
-            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}",
-            stacklevel=2,
-        )
+    unused = sorted(k for k in state if k not in usable)
+    for what, keys in (("model tensors not in the file (kept at init)", missing),
+                       ("tensors of the file not used (absent from the model or of another shape)", unused)):
+        if keys:
+            warnings.warn(f"{path} ({layout}): {len(keys)} {what}: {keys[:8]}{' ...' if len(keys) > 8 else ''}",
+                          stacklevel=2)
+    return {"layout": layout, "loaded": len(usable), "missing": missing, "unused": unused}
