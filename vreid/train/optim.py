@@ -98,4 +98,4 @@ def build_optimizers(model: nn.Module, criterion: nn.Module, stage: StageConfig)
     else:
         opt = torch.optim.Adam(groups, lr=stage.lr, weight_decay=stage.weight_decay)
     center_opt = torch.optim.SGD(centers, lr=stage.loss.center_lr) if centers else None
-    return Optimizers(opt, center_opt, stage.loss.center_weight)
+    return Optimizers(opt, center_opt, float(criterion.center_weight) if centers else 0.0)
