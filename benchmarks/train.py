@@ -103,57 +103,27 @@ class PlainTrainer:
     (``run_epoch``) so they can be placed before and after the Ray run."""
 
     def __init__(self, cfg, manifest, threads: int):
-        import numpy as np
         import pyarrow.compute as pc
         import torch
 
         from vreid.data import dataset_root
-        from vreid.data.dataset import ReIDImageDataset
-        from vreid.data.transforms import build_train_transform
-        from vreid.models import build_model
         from vreid.train.launcher import training_manifest
-        from vreid.train.loop import stage_rows, task_labels
-        from vreid.train.losses import ReIDLoss, class_attribute_table
-        from vreid.train.sampler import PKSampler
+        from vreid.train.loop import make_loader, setup_model, stage_data
+        from vreid.train.losses import ReIDLoss
+        from vreid.train.optim import build_optimizers
 
         torch.set_num_threads(threads)
         mcfg = cfg.models[0]
         stage = self.stage = mcfg.recipe[0]
         table = training_manifest(cfg, manifest)
-        train = table.filter(pc.equal(table.column("split"), "train"))
-        rows = stage_rows(train, stage)
-        labels, class_ids = task_labels(rows, mcfg.task)
-        num_classes = len(class_ids)
-        attr = {"color": rows.column("color").to_numpy().astype(np.int64),
-                "vtype": rows.column("vtype").to_numpy().astype(np.int64)}
-        num_colors = int(max(attr["color"].max() + 1, 1)) if mcfg.head != "bnneck" else 0
-        num_types = int(max(attr["vtype"].max() + 1, 1)) if mcfg.head != "bnneck" else 0
-        self.model = build_model(mcfg.backbone, head=mcfg.head, task=mcfg.task, num_classes=num_classes,
-                                 input_size=tuple(mcfg.input_size), num_colors=num_colors, num_types=num_types,
-                                 ibn=mcfg.ibn, last_stride=mcfg.last_stride, pooling=mcfg.pooling,
-                                 embedding_dim=mcfg.embedding_dim, pretrained=False)
+        data = stage_data(table.filter(pc.equal(table.column("split"), "train")), stage, mcfg)
+        self.model, _ = setup_model(mcfg.model_copy(update={"pretrained": False}), data, None)
         self.model.freeze_stages(stage.freeze_stages)
-        loss = stage.loss
-        self.criterion = ReIDLoss(
-            num_classes=num_classes, feat_dim=self.model.feat_dim, id_weight=loss.id_weight,
-            label_smoothing=loss.label_smoothing, triplet_weight=loss.triplet_weight,
-            triplet_margin=loss.triplet_margin, center_weight=loss.center_weight, color_weight=loss.color_weight,
-            type_weight=loss.type_weight,
-            als_class_attributes=class_attribute_table(labels, np.stack([attr["color"], attr["vtype"]], 1),
-                                                       num_classes) if loss.als else None)
-        params = [p for p in list(self.model.parameters()) + list(self.criterion.parameters()) if p.requires_grad]
-        if stage.optimizer == "sgd":
-            self.opt = torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
-        else:
-            self.opt = torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
-        aug = stage.augment
-        self.ds = ReIDImageDataset(rows, dataset_root(manifest), build_train_transform(
-            mcfg.input_size, flip_p=aug.flip_p, pad=aug.pad, erase_p=aug.erase_p, shrink_p=aug.shrink_p,
-            shrink_range=tuple(aug.shrink_range)), labels={"label": labels, **attr},
-            background_p=aug.background_p, seed=cfg.seed)
-        self.sampler = PKSampler(rows.column("pid").to_numpy(), p=stage.p, k=stage.k, seed=cfg.seed)
-        self.loader = torch.utils.data.DataLoader(self.ds, batch_sampler=self.sampler,
-                                                  num_workers=cfg.train.loader_workers)
+        self.criterion = ReIDLoss.from_config(stage.loss, data.num_classes, self.model.feat_dim)
+        self.optim = build_optimizers(self.model, self.criterion, stage)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=False)
+        self.ds, self.sampler, self.loader = make_loader(mcfg, stage, data, dataset_root(manifest), seed=cfg.seed,
+                                                         workers=cfg.train.loader_workers)
 
     def run_epoch(self, epoch: int) -> dict:
         import torch
@@ -162,8 +132,7 @@ class PlainTrainer:
 
         self.sampler.set_epoch(epoch)
         self.ds.set_epoch(epoch)
-        for g in self.opt.param_groups:
-            g["lr"] = self.stage.lr * lr_factor(epoch, self.stage)
+        self.optim.set_lr_factor(lr_factor(epoch, self.stage))
         self.model.train()
         n_images, t0 = 0, time.perf_counter()
         for batch in self.loader:
@@ -172,9 +141,9 @@ class PlainTrainer:
             total, parts = self.criterion(out, batch["label"], color=batch["color"], vtype=batch["vtype"])
             if not torch.isfinite(total):
                 raise RuntimeError(f"plain loop: loss became {float(total)} in epoch {epoch}")
-            self.opt.zero_grad(set_to_none=True)
+            self.optim.zero_grad()
             total.backward()
-            self.opt.step()
+            self.optim.step(self.scaler)
             for v in parts.values():
                 float(v)  # the loop reads every loss part each step
             n_images += images.shape[0]

@@ -16,7 +16,7 @@ def test_tiny_and_demo_configs_load():
 def test_gpu_cluster_presets_load():
     for name in ("aic21", "veri776"):
         cfg = load_config(f"configs/{name}.yaml")
-        assert cfg.models and all(m.scaling.use_gpu and m.pretrained for m in cfg.models)
+        assert cfg.models and all(m.scaling.use_gpu and (m.pretrained or m.pretrained_path) for m in cfg.models)
         assert cfg.extract.num_gpus_per_actor > 0 and cfg.tune.space
 
 

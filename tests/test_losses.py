@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vreid.config import LossConfig
 from vreid.train.losses import (
-    ALSLoss,
     CenterLoss,
     ReIDLoss,
     batch_hard_triplet,
-    class_attribute_table,
     cross_entropy,
     euclidean_distances,
+    verification_loss,
 )
 
 # four points on a line: ids 0 0 1 1 at x = 0, 1, 3, 5
@@ -82,31 +82,62 @@ def test_center_loss_by_hand():
     assert loss.centers.grad.abs().sum() > 0
 
 
-def test_class_attribute_table_majority_and_unknown():
-    labels = [0, 0, 0, 1, 2, 2]
-    attrs = [[1, 5], [1, -1], [2, 5], [-1, -1], [3, 0], [3, 0]]
-    table = class_attribute_table(labels, attrs, num_classes=4)
-    assert table.tolist() == [[1, 5], [-1, -1], [3, 0], [-1, -1]]
-
-
-def test_als_loss_by_hand():
-    table = torch.tensor([[0, 1], [0, 1], [1, 1], [-1, -1]])
-    logits = torch.tensor([[1.0, 0.5, -0.5, 0.0], [0.0, 0.0, 2.0, 1.0]])
-    targets = torch.tensor([0, 2])
+def test_verification_loss_als_by_hand():
+    """004 eqs. 6-7 on the pairs i < j: ε = 1 − θ same id, θ different id with the same colour and
+    type, 0 otherwise; ℓ = CE + β mean(−ε log(α + q_target))."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 4, 2)
+    labels = torch.tensor([0, 0, 1, 2])
+    attrs = torch.tensor([[1, 3], [1, 3], [1, 3], [2, 3]])  # colour, type
     theta, alpha, beta = 0.2, 0.05, 0.7
-    q = torch.softmax(logits, dim=1)
-    # sample 0 (class 0): class 1 shares both attributes -> eps = [0.8, 0.2, 0, 0]
-    # sample 1 (class 2): nobody shares -> eps = [0, 0, 0.8, 0]
-    g0 = -(0.8 * torch.log(alpha + q[0, 0]) + 0.2 * torch.log(alpha + q[0, 1]))
-    g1 = -(0.8 * torch.log(alpha + q[1, 2]))
-    expected = F.cross_entropy(logits, targets) + beta * (g0 + g1) / 2
-    als = ALSLoss(table, theta=theta, alpha=alpha, beta=beta)
-    assert torch.allclose(als(logits, targets), expected)
-    # θ = 0 and β = 0: plain cross-entropy (004: "If θ is set to 0, Eq. 6 is equivalent to Eq. 4")
-    assert torch.allclose(ALSLoss(table, theta=0.0, beta=0.0)(logits, targets),
-                          F.cross_entropy(logits, targets))
-    with pytest.raises(ValueError, match="classes"):
-        als(logits[:, :3], targets)
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    # (0,1) same id; (0,2) (1,2) different ids, same attributes; the rest differ in colour
+    eps = {(0, 1): 0.8, (0, 2): 0.2, (1, 2): 0.2}
+    ce, smooth = [], []
+    for i, j in pairs:
+        y = int(labels[i] == labels[j])
+        logp = torch.log_softmax(logits[i, j], 0)
+        ce.append(-logp[y])
+        smooth.append(-eps.get((i, j), 0.0) * torch.log(alpha + logp[y].exp()))
+    expected = torch.stack(ce).mean() + beta * torch.stack(smooth).mean()
+    got = verification_loss(logits, labels, attrs, theta=theta, alpha=alpha, beta=beta)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(verification_loss(logits, labels, attrs, als=False), torch.stack(ce).mean(), atol=1e-6)
+    # unknown identities leave their pairs out; unknown attributes never match
+    part = verification_loss(logits, torch.tensor([0, 0, -1, 2]), attrs, als=False)
+    assert torch.allclose(part, torch.stack([ce[0], ce[2], ce[4]]).mean(), atol=1e-6)
+    blind = verification_loss(logits, labels, torch.full((4, 2), -1), theta=theta, alpha=alpha, beta=beta)
+    no_share = torch.stack(ce).mean() + beta * smooth[0] / 6
+    assert torch.allclose(blind, no_share, atol=1e-6)
+
+
+def test_reid_loss_defaults_are_the_config_defaults():
+    loss, cfg = ReIDLoss(3, 4), LossConfig()
+    assert loss.label_smoothing == cfg.label_smoothing and loss.triplet_margin == cfg.triplet_margin
+    assert loss.center_weight == cfg.center_weight and loss.verify_weight == cfg.verify_weight
+    assert loss.als == {"als": cfg.als, "theta": cfg.als_theta, "alpha": cfg.als_alpha, "beta": cfg.als_beta}
+    agnet = ReIDLoss.from_config(LossConfig(id_weight=0.5, color_weight=0.5, type_weight=0.5, verify_weight=1.0),
+                                 3, 4)
+    assert (agnet.id_weight, agnet.attr_weights, agnet.verify_weight) == (0.5, {"type": 0.5, "color": 0.5}, 1.0)
+
+
+def test_agnet_eq8_total_counts_cross_entropy_once():
+    torch.manual_seed(1)
+    out = {"feat": torch.randn(4, 6), "feat_bn": torch.randn(4, 6), "logits": torch.randn(4, 3),
+           "color_logits": torch.randn(4, 2), "type_logits": torch.randn(4, 2),
+           "verify_logits": torch.randn(4, 4, 2)}
+    pids, color, vtype = torch.tensor([0, 0, 1, 2]), torch.tensor([1, 1, 0, 1]), torch.tensor([0, 0, 1, 1])
+    loss = ReIDLoss(3, 6, id_weight=0.5, color_weight=0.5, type_weight=0.5, verify_weight=1.0,
+                    label_smoothing=0.0, triplet_weight=0.0)
+    total, parts = loss(out, pids, color=color, vtype=vtype)
+    assert set(parts) == {"id", "color", "type", "verify"}
+    assert parts["id"].item() == pytest.approx(F.cross_entropy(out["logits"], pids).item(), abs=1e-6)
+    expected = 0.5 * parts["id"] + 0.5 * (parts["color"] + parts["type"]) + parts["verify"]
+    assert torch.allclose(total, expected)
+    assert parts["verify"].item() == pytest.approx(verification_loss(
+        out["verify_logits"], pids, torch.stack([color, vtype], 1)).item(), abs=1e-6)
+    with pytest.raises(ValueError, match="agnet"):
+        loss({k: v for k, v in out.items() if k != "verify_logits"}, pids, color=color, vtype=vtype)
 
 
 def test_reid_loss_total_is_the_weighted_sum_of_parts():
@@ -119,7 +150,7 @@ def test_reid_loss_total_is_the_weighted_sum_of_parts():
         "color_logits": torch.randn(4, 2, requires_grad=True),
     }
     pids = torch.tensor([0, 0, 1, 1])
-    loss = ReIDLoss(3, 6, label_smoothing=0.1, color_weight=0.3)
+    loss = ReIDLoss(3, 6, label_smoothing=0.1, color_weight=0.3, center_weight=5e-4)
     total, parts = loss(out, pids, color=torch.tensor([1, 1, 0, -1]))
     assert set(parts) == {"id", "triplet", "center", "color"}
     expected = parts["id"] + parts["triplet"] + 5e-4 * parts["center"] + 0.3 * parts["color"]
@@ -136,7 +167,7 @@ def test_reid_loss_seed_003_recipe_and_center_on_feat_bn():
     total, parts = ReIDLoss(2, 2, triplet_margin=None, center_weight=0.0)(out, LABELS)
     assert set(parts) == {"id", "triplet"}
     assert parts["triplet"].item() == pytest.approx(batch_hard_triplet(FEAT, LABELS, None).item())
-    on_bn = ReIDLoss(2, 2, center_on="feat_bn")
+    on_bn = ReIDLoss(2, 2, center_on="feat_bn", center_weight=5e-4)
     with torch.no_grad():
         on_bn.center.centers.zero_()
     assert on_bn(out, LABELS)[1]["center"].item() == pytest.approx(0.0)

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from vreid.models import IBN, GeM, build_backbone, build_model, orientation_to_bin
 from vreid.models.heads import GlobalAvgPool
-from vreid.train.losses import AGNET_WEIGHTS, ReIDLoss, class_attribute_table
+from vreid.models.heads import VerificationHead
+from vreid.train.losses import ReIDLoss, verification_loss
 
 SIZE = (64, 64)
 TINY = "test_resnet"  # timm's 0.4M-parameter ResNet (BasicBlock, one block per stage)
@@ -108,7 +109,7 @@ def test_heads_train_and_eval_outputs(head):
     else:
         assert out["color_logits"].shape == (4, 3) and out["type_logits"].shape == (4, 2)
     pids = torch.tensor([0, 0, 1, 1])
-    loss = ReIDLoss(5, 96)
+    loss = ReIDLoss(5, 96, center_weight=5e-4)
     total, parts = loss(
         out, pids, color=torch.tensor([0, 0, 2, -1]), vtype=torch.tensor([1, 1, 0, 0])
     )
@@ -156,26 +157,33 @@ def test_agnet_attention_mask_is_a_channel_softmax():
     assert torch.allclose(mask.sum(1), torch.ones(4, 1, 1))
 
 
-def test_agnet_with_als_loss_and_eq8_weights():
-    model = build_model(
-        TINY, head="agnet", num_classes=4, input_size=SIZE, num_colors=3, num_types=2
-    )
-    table = class_attribute_table([0, 1, 2, 3], [[0, 1], [0, 1], [2, 0], [1, 1]], 4)
-    loss = ReIDLoss(
-        4, model.feat_dim, triplet_margin=None, center_weight=0, als_class_attributes=table,
-        **AGNET_WEIGHTS,
-    )
+def test_verification_head_scores_every_pair_by_the_square_layer():
+    """004 §III-D: f_v = (f_1 − f_2)², then a 1x1 conv (linear) to 2 logits, for each pair."""
+    torch.manual_seed(0)
+    head = VerificationHead(6)
+    f = torch.randn(5, 6)
+    got = head(f)
+    assert got.shape == (5, 5, 2)
+    explicit = head.fc((f[:, None, :] - f[None, :, :]).pow(2))
+    assert torch.allclose(got, explicit, atol=1e-5)
+
+
+def test_agnet_trains_with_the_verification_branch_and_eq8_weights():
+    model = build_model(TINY, head="agnet", num_classes=4, input_size=SIZE, num_colors=3, num_types=2)
     out = model.train()(_images())
-    total, parts = loss(
-        out, torch.tensor([0, 0, 1, 1]), color=torch.tensor([0, 0, 0, 0]),
-        vtype=torch.tensor([1, 1, 1, 1]),
-    )
-    expected = (
-        0.5 * parts["id"] + parts["triplet"] + 0.5 * (parts["color"] + parts["type"]) + parts["als"]
-    )
-    assert torch.allclose(total.detach(), expected)
+    assert out["verify_logits"].shape == (4, 4, 2)
+    assert "verify_logits" not in model.eval()(_images())
+    loss = ReIDLoss(4, model.feat_dim, id_weight=0.5, color_weight=0.5, type_weight=0.5, verify_weight=1.0,
+                    label_smoothing=0.0, triplet_weight=0.0)
+    pids, color, vtype = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 0]), torch.tensor([1, 1, 1, 1])
+    total, parts = loss(model.train()(_images()), pids, color=color, vtype=vtype)
+    assert torch.allclose(total.detach(), 0.5 * parts["id"] + 0.5 * (parts["color"] + parts["type"])
+                          + parts["verify"])
     total.backward()
+    assert model.head.verifier.fc.weight.grad.abs().sum() > 0  # ALS acts on the verification branch
     assert model.head.mask_conv.weight.grad.abs().sum() > 0
+    assert parts["verify"].item() == pytest.approx(verification_loss(
+        out["verify_logits"], pids, torch.stack([color, vtype], 1)).item(), rel=1e-4)
 
 
 def test_gem_pooling_and_embedding():
@@ -289,6 +297,56 @@ def test_pretrained_path_backbone_and_full_checkpoints(tmp_path):
         build_model(
             TINY, num_classes=3, input_size=SIZE, pretrained_path=str(tmp_path / "other.pth")
         )
+
+
+def _ibn_net_release(model) -> dict:
+    """A state dict keyed as IBN-Net's releases: torchvision ResNet names with ``bn1.IN`` / ``bn1.BN``,
+    the ImageNet ``fc`` classifier, saved from DataParallel (``module.``) under ``state_dict``."""
+    state = {f"module.{k}": v.clone() for k, v in model.backbone.model.state_dict().items()}
+    state["module.fc.weight"] = torch.zeros(1000, model.backbone.out_channels)
+    state["module.fc.bias"] = torch.zeros(1000)
+    return {"state_dict": state}
+
+
+def test_ibn_net_checkpoint_loads_into_ibn_a_model(tmp_path):
+    torch.manual_seed(3)
+    src = build_model(TINY, num_classes=5, input_size=SIZE, ibn=True)
+    with torch.no_grad():
+        for p in src.backbone.model.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "resnet_ibn_a.pth"
+    torch.save(_ibn_net_release(src), path)
+    from vreid.models import load_weights
+
+    dst = build_model(TINY, num_classes=3, input_size=SIZE, ibn=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = load_weights(dst, path)
+    assert report.layout == "ibn_net" and report.at_init == []
+    assert sorted(report.dropped) == ["fc.bias", "fc.weight"]  # the ImageNet classifier
+    for k, v in src.backbone.model.state_dict().items():
+        assert torch.equal(dst.backbone.model.state_dict()[k], v), k
+    assert not [w for w in caught if "not in the file" in str(w.message)]
+    # a partial file: what is left at init is reported by name
+    partial = {k: v for k, v in _ibn_net_release(src)["state_dict"].items() if "layer4" not in k}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.warns(UserWarning, match=r"kept at init.*layer4"):
+        report = load_weights(build_model(TINY, num_classes=3, input_size=SIZE, ibn=True), tmp_path / "partial.pth")
+    assert report.at_init and all(k.startswith("backbone.model.layer4") for k in report.at_init)
+    with pytest.raises(ValueError, match="ibn: true"):
+        build_model(TINY, num_classes=3, input_size=SIZE, ibn=False, pretrained_path=str(path))
+
+
+def test_plain_resnet_to_ibn_conversion_warns(monkeypatch):
+    import timm
+
+    create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: create(name, **kw))  # no download
+    with pytest.warns(UserWarning, match="IBN-Net's own IBN-a checkpoints"):
+        build_backbone(TINY, SIZE, pretrained=True, ibn=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_backbone(TINY, SIZE, pretrained=True, ibn=False)
 
 
 def test_config_rebuilds_the_model():

@@ -102,22 +102,51 @@ def test_dbscan_labels_first_appearance_and_noise():
 # ----------------------------------------------------------------------------- the graph
 
 
-def test_graph_sparse_symmetric_bounded():
+def _dense_distance(x, k1, k2, w=0.9):
+    """The 003 DBSCAN distance over all pairs, dense (tests only), and the overlaps m."""
+    f = l2_normalize(x)
+    v = k_reciprocal_encode(knn_graph(f, k1), k1, k2, FeatureDistance(f).pairs).toarray()
+    m = np.minimum(v[:, None, :], v[None, :, :]).sum(-1)
+    cos = 1.0 - f.astype(np.float64) @ f.T.astype(np.float64)
+    return w * (1.0 - m / (2.0 - m)) + (1.0 - w) * cos, m
+
+
+def test_graph_holds_every_overlapping_pair():
     x, _, _, _ = make_ids()
     n, k1 = len(x), 10
     g = jaccard_cosine_graph(x, k1=k1)
     assert sp.isspmatrix_csr(g) and g.shape == (n, n)
-    assert g.nnz <= n * 2 * k1
     assert abs(g - g.T).max() == 0
     assert g.diagonal().max() == 0 and (g.data >= 1e-12).all() and (g.data <= 1).all()
-    # stored pairs are exactly the symmetrised k1-NN edges, self excluded
+    _, m = _dense_distance(x, k1, 6)
+    overlap = sp.csr_matrix(np.triu(m > 0, 1) | np.triu(m > 0, 1).T)
+    assert (abs((g > 0).astype(np.int8) - overlap.astype(np.int8))).nnz == 0
     nn = knn_graph(l2_normalize(x), k1).indices
-    a = sp.csr_matrix((np.ones(nn.size), (np.repeat(np.arange(n), k1 + 1), nn.ravel())), shape=(n, n))
-    a = ((a + a.T) > 0).astype(np.int8).tolil()
-    a.setdiag(0)
-    a = a.tocsr()
-    a.eliminate_zeros()
-    assert (abs((g > 0).astype(np.int8) - a)).nnz == 0
+    knn = sp.csr_matrix((np.ones(nn.size), (np.repeat(np.arange(n), k1 + 1), nn.ravel())), shape=(n, n))
+    beyond_knn = overlap.astype(np.int8) - overlap.multiply((knn + knn.T) > 0).astype(np.int8)
+    assert beyond_knn.nnz > 0  # pairs that share encoded neighbours without being k1-NN edges
+
+
+def test_dbscan_on_the_graph_equals_dbscan_on_the_dense_matrix():
+    """Identities of 30 images with k1 = 5: most same-identity pairs are no k-NN edge, yet share
+    encoded neighbours; DBSCAN must see them all to find the clusters it finds on the dense matrix."""
+    x, pids, _, _ = make_ids(num_ids=8, per_id=30, sigma=0.3, seed=4)
+    n, k1, k2 = len(x), 5, 2
+    dense, _ = _dense_distance(x, k1, k2)
+    np.fill_diagonal(dense, 0.0)
+    graph = jaccard_cosine_graph(x, k1=k1, k2=k2)
+    for eps, min_samples in [(0.8, 10), (0.85, 12), (0.7, 10)]:
+        np.testing.assert_array_equal(dbscan_labels(graph, eps=eps, min_samples=min_samples),
+                                      dbscan_labels(dense, eps=eps, min_samples=min_samples))
+    labels = dbscan_labels(graph, eps=0.8, min_samples=10)
+    q = pseudo_label_quality(labels, pids)
+    assert q["num_clusters"] == 8 and q["pair_precision"] >= 0.95 and q["labelled_fraction"] >= 0.95
+    # the k1-NN edges alone (what the graph held before) leave a third of the images as noise
+    nn = knn_graph(l2_normalize(x), k1).indices
+    knn = sp.csr_matrix((np.ones(nn.size), (np.repeat(np.arange(n), k1 + 1), nn.ravel())), shape=(n, n))
+    edges = ((knn + knn.T) > 0).toarray() & ~np.eye(n, dtype=bool)
+    knn_only = sp.csr_matrix(np.where(edges, np.maximum(dense, 1e-12), 0.0))
+    assert pseudo_label_quality(dbscan_labels(knn_only, eps=0.8, min_samples=10), pids)["labelled_fraction"] < 0.8
 
 
 def test_graph_jaccard_and_cosine_match_dense_reference():
@@ -189,31 +218,46 @@ def _sqdist(a, b):
     return np.maximum(2.0 - 2.0 * a @ b.T, 0.0)
 
 
-def _reference_mining(query, test, d_n, d_p):
-    """Seed 001 §3.3 with dense matrices: the greedy pick, then nearest-pick labelling."""
+def _reference_mining(query, test, d_n, d_p, first):
+    """Seed 001 §3.3 with dense matrices: L = {l1}; while some query has min Dist(q, L) > d_n, add
+    the one of those with the largest sum of distances to L ("the most dissimilar candidate with
+    all samples in set L"); then each test image closer than d_p to its nearest l takes its ID."""
     dq = _sqdist(query, query)
-    picked = []
-    for i in range(len(query)):
-        if all(dq[i, p] > d_n for p in picked):
-            picked.append(i)
-    dt = _sqdist(test, query[picked])
-    return picked, np.where(dt.min(1) < d_p, dt.argmin(1), -1)
+    chosen = [first]
+    while True:
+        candidates = [i for i in range(len(query)) if min(dq[i, l] for l in chosen) > d_n]
+        if not candidates:
+            break
+        chosen.append(max(candidates, key=lambda i: (sum(dq[i, l] for l in chosen), -i)))
+    dt = _sqdist(test, query[chosen])
+    return chosen, np.where(dt.min(1) < d_p, dt.argmin(1), -1)
 
 
-def test_identity_mining_matches_dense_greedy():
+def test_identity_mining_follows_the_paper():
     rng = np.random.default_rng(1)
-    q = rng.normal(size=(200, 3)).astype(np.float32)  # crowded sphere: the greedy order matters
+    q = rng.normal(size=(200, 3)).astype(np.float32)  # crowded sphere: the order of picks matters
     t = np.vstack([q, rng.normal(size=(100, 3))]).astype(np.float32)
-    picked, ref = _reference_mining(q, t, 0.49, 0.23)
-    assert 10 < len(picked) < 150
-    for block in (7, 1024):
-        labels = identity_mining(q, t, block=block)
-        assert labels.dtype == np.int64
-        np.testing.assert_array_equal(labels, ref)
-    dp = _sqdist(q[picked], q[picked])
-    assert (dp[~np.eye(len(picked), dtype=bool)] > 0.49).all()
+    first = int(np.random.default_rng(7).integers(len(q)))
+    chosen, ref = _reference_mining(q, t, 0.49, 0.23, first)
+    assert 10 < len(chosen) < 150
+    labels = identity_mining(q, t, seed=7)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, ref)
+    assert labels[first] == 0  # the random probe l1 is identity 0
+    # walking the queries in index order (what this replaced) mines another set
+    in_order = []
+    dq = _sqdist(q, q)
+    for i in range(len(q)):
+        if all(dq[i, p] > 0.49 for p in in_order):
+            in_order.append(i)
+    assert set(in_order) != set(chosen)
+    dp = _sqdist(q[chosen], q[chosen])
+    assert (dp[~np.eye(len(chosen), dtype=bool)] > 0.49).all()
     lab = np.flatnonzero(ref >= 0)
-    assert (_sqdist(t, q[picked])[lab, ref[lab]] < 0.23).all()
+    assert (_sqdist(t, q[chosen])[lab, ref[lab]] < 0.23).all()
+    other = identity_mining(q, t, seed=8)
+    assert not np.array_equal(other, labels)  # another probe, another mining
+    np.testing.assert_array_equal(identity_mining(q, t, seed=7), labels)
 
 
 def test_identity_mining_beats_kmeans_with_distractors():

@@ -151,3 +151,50 @@ def test_multi_domain_then_fine_tune_recipe(tmp_path, tiny_city, ray_session):
     _, meta = load_trained_model(result.model_dir)
     assert [h["stage"] for h in meta["history"]] == ["init", "mdl", "finetune"]
     assert len(meta["class_ids"]) == 30, "the fine-tune classifier covers the real training identities only"
+
+
+def test_undecodable_training_image_fails_before_training_or_is_skipped(tmp_path, tiny_city, tiny_manifest,
+                                                                         ray_session):
+    """``data.on_bad_image``: ``fail`` names the file before any worker starts; ``skip`` trains
+    without it and records it in the trained model's metadata."""
+    import shutil
+
+    import pyarrow.compute as pc
+
+    from vreid.data import load_manifest
+    from vreid.train.launcher import UnreadableTrainingImages
+
+    root = tmp_path / "city"
+    shutil.copytree(tiny_city, root)
+    train = tiny_manifest.filter(pc.equal(tiny_manifest.column("split"), "train"))
+    bad = train.column("image_id")[5].as_py()
+    (root / bad).write_bytes(b"not a jpeg")
+    manifest = load_manifest(root, "synth")  # existence only (verify_images false): it passes here
+
+    def config(policy):
+        c = _cfg(tmp_path / policy, root, f"data.on_bad_image={policy}", "models.1.recipe.0.epochs=1")
+        c.models = c.models[1:]
+        return c
+
+    fail = config("fail")
+    with pytest.raises(UnreadableTrainingImages, match=f"1 training image.*{root / bad}: not an image file"):
+        train_models(fail, manifest)
+    assert not (Path(fail.run_dir) / "train" / "ray").exists() and not (Path(fail.run_dir) / "models").exists()
+    (result,) = train_models(config("skip"), manifest)
+    assert result.status == "trained", result.error
+    meta = load_trained_model(result.model_dir)[1]
+    assert meta["skipped_images"] == [{"image_id": bad, "reason": "not an image file"}]
+
+
+def test_attribute_head_on_a_dataset_without_attribute_labels(tmp_path, tiny_city, tiny_manifest, ray_session):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cfg = _cfg(tmp_path, tiny_city)
+    cfg.models = cfg.models[1:]  # 'attr', head: attribute
+    table = tiny_manifest.filter(pc.equal(tiny_manifest.column("split"), "train"))
+    no_colour = table.set_column(table.schema.get_field_index("color"), "color",
+                                 pa.array([-1] * table.num_rows, table.schema.field("color").type))
+    with pytest.raises(ValueError, match=rf"model 'attr'.*dataset '{tiny_city}'.*no colour labels.*'color'"):
+        train_models(cfg, tiny_manifest, tables={"attr": no_colour})
+    assert not (tmp_path / "run" / "models").exists()

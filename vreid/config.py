@@ -75,18 +75,29 @@ class DataConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """BoT losses (METHODS.md, Training recipe)."""
+    """Training losses (METHODS.md, Training recipe); the defaults are the BoT baseline of 001 and
+    the library's defaults (``vreid.train.losses.ReIDLoss`` reads them from here)."""
 
-    id_weight: float = Field(1.0, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1, description="BoT label smoothing (0 = plain CE)")
+    id_weight: float = Field(1.0, ge=0, description="ID cross-entropy weight (004 eq. 8: lambda1 = 0.5)")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="BoT label smoothing epsilon (001: BoT's 0.1; "
+                                                                "000 eq. 1, 002 and 004: plain CE; 003 drops it)")
     triplet_weight: float = Field(1.0, ge=0)
     triplet_margin: float | None = Field(
         None, description="batch-hard margin (000: 0.5); null = soft margin log(1+exp(d_ap-d_an)) (001/003)")
-    center_weight: float = Field(0.0, ge=0, description="center loss beta (000: 5e-4; 001/003 drop it)")
-    color_weight: float = Field(1.0, ge=0, description="attribute CE weight alpha (000: 1)")
-    type_weight: float = Field(1.0, ge=0, description="attribute CE weight beta (000: 1)")
-    als: bool = Field(False, description="AGNet attribute label smoothing (004) on the ID logits; it includes "
-                                         "its own CE term, so set id_weight 0 to use it instead of plain CE")
+    center_weight: float = Field(0.0, ge=0, description="center loss beta (000 eq. 4: 5e-4; 001/003 drop it)")
+    center_lr: float = Field(0.5, gt=0, description="the centers' own SGD step size (BoT code SOLVER.CENTER_LR: "
+                                                    "0.5; no momentum, no weight decay, gradient rescaled by "
+                                                    "1/center_weight first)")
+    color_weight: float = Field(1.0, ge=0, description="colour CE weight (000 eq. 5: 1; 004 eq. 8: lambda2 = 0.5)")
+    type_weight: float = Field(1.0, ge=0, description="type CE weight (000 eq. 5: 1; 004 eq. 8: lambda2 = 0.5)")
+    verify_weight: float = Field(
+        0.0, ge=0, description="AGNet pairwise verification loss weight (004 eq. 8: lambda3 = 1; head: agnet "
+                               "only): Square Layer (f1-f2)^2 -> 2 logits on every pair of the batch (004 §III-D)")
+    als: bool = Field(True, description="the verification loss is ALS (004 eqs. 6-7) instead of plain CE; the "
+                                        "category CE stays plain, so no cross-entropy is counted twice")
+    als_theta: float = Field(0.1, ge=0, lt=1, description="ALS theta of 004 eq. 7 (no value in 004; chosen here)")
+    als_alpha: float = Field(0.01, gt=0, description="ALS alpha of 004 eq. 6 (no value in 004; chosen here)")
+    als_beta: float = Field(1.0, ge=0, description="ALS beta of 004 eq. 6 (no value in 004; chosen here)")
 
 
 class AugmentConfig(StrictModel):
@@ -105,10 +116,13 @@ class StageConfig(StrictModel):
     epochs: int = Field(2, ge=1)
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="001/003: SGD; 000: Adam")
     lr: float = Field(1e-2, gt=0, description="001/003: 1e-2 (SGD); 000: 3.5e-4 (Adam)")
+    classifier_lr: float | None = Field(
+        None, gt=0, description="own lr of the ID classifier (001 MDL fine-tune: 2e-3 vs 1e-3); null = lr")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     warmup_epochs: int = Field(0, ge=0, description="BoT: 10 epochs linear from warmup_factor*lr")
-    warmup_factor: float = Field(0.01, gt=0, le=1)
+    warmup_factor: float = Field(0.1, gt=0, le=1, description="warm-up starts at this x lr (000: 3.5e-5 -> "
+                                                               "3.5e-4; 001/003: 1e-3 -> 1e-2)")
     milestones: list[int] = Field(default_factory=list, description="BoT: x0.1 at epochs 40 and 70")
     gamma: float = Field(0.1, gt=0, le=1)
     p: int = Field(8, ge=2, description="identities per batch (000: 64; 003 code: 12)")
@@ -135,6 +149,10 @@ class ModelConfig(StrictModel):
     """A model is described entirely by config (issue: Training, item 1)."""
 
     name: str
+    preset: str | None = Field(
+        None, description="a paper's training recipe (vreid.train.recipes.RECIPES: aic20_team44 = 000, dmt2020 = "
+                          "001, vehiclenet = 002, dmt2021 = 003, agnet = 004); `recipe` entries then override "
+                          "its stages by name")
     backbone: str = "resnet18"
     head: Literal["bnneck", "attribute", "agnet"] = "bnneck"
     task: Literal["reid", "camera", "orientation"] = "reid"
@@ -152,12 +170,25 @@ class ModelConfig(StrictModel):
     recipe: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
     scaling: ScalingSection = ScalingSection()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            from vreid.train.recipes import preset_recipe
+
+            data = {**data, "recipe": preset_recipe(data["preset"], data.get("recipe"))}
+        return data
+
     @model_validator(mode="after")
     def _names(self) -> ModelConfig:
         if not self.name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"model name '{self.name}' must be letters, digits, '-' and '_' only")
         if len({s.name for s in self.recipe}) != len(self.recipe):
             raise ValueError(f"model '{self.name}': stage names must be unique")
+        verifying = [s.name for s in self.recipe if s.loss.verify_weight > 0]
+        if verifying and self.head != "agnet":
+            raise ValueError(f"model '{self.name}': stages {verifying} set loss.verify_weight, the AGNet "
+                             f"verification branch (004), which needs head: agnet (got head: {self.head})")
         return self
 
 

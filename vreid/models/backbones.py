@@ -220,6 +220,12 @@ def build_backbone(
     size = _check_input_size(input_size)
     if last_stride not in (1, 2):
         raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+    if ibn and pretrained:
+        warnings.warn(
+            f"{name!r}: pretrained with ibn=True converts plain ResNet ImageNet weights to IBN-a; the papers "
+            "start from IBN-Net's own IBN-a checkpoints: give one as pretrained_path (with pretrained: false)",
+            stacklevel=2,
+        )
     if timm.models.is_model_in_modules(name, VIT_MODULES):
         timm_kwargs = {"img_size": size, **timm_kwargs}
     model = timm.create_model(name, pretrained=pretrained, num_classes=0, **timm_kwargs)

@@ -162,6 +162,26 @@ class AttributeHead(BNNeckHead):
         return out
 
 
+class VerificationHead(nn.Module):
+    """AGNet's verification network (seed 004 §III-D): the Square Layer ``f_v = (f_1 − f_2)²`` of
+    two embeddings, then a 1x1 convolution (on a 1x1 map: a linear layer) to 2 logits
+    ("different", "same"), a binary classification.
+
+    ``forward(f)`` scores every pair of the batch at once, ``(B, B, 2)``, without building the
+    ``(B, B, dim)`` differences: ``w·(f_i − f_j)² = w·f_i² + w·f_j² − 2 (w ⊙ f_i)·f_j``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, 2)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        w, b = self.fc.weight, self.fc.bias  # (2, dim), (2,)
+        sq = feat.pow(2) @ w.t()  # (B, 2)
+        cross = (feat[None] * w[:, None, :]) @ feat.t()  # (2, B, B)
+        return sq[:, None, :] + sq[None, :, :] - 2.0 * cross.permute(1, 2, 0) + b
+
+
 class AGNetHead(nn.Module):
     """Attribute-guided attention of AGNet (seed 004, §III-B/C).
 
@@ -169,7 +189,9 @@ class AGNetHead(nn.Module):
     pooled, BN, then colour / type classifiers (eq. 2). Category branch:
     ``f_attr = f_c ⊗ conv1x1(M)`` (eq. 3), ``f_cs = f_c + f_attr``, pooled (-> f), BNNeck (eq. 4).
     Both sub-branches start from the same backbone map (f_r = f_c). Test feature (eq. 5):
-    ``[f_a, f_bn · (1 − α)]`` with f_a the BN'd attribute feature.
+    ``[f_a, f_bn · (1 − α)]`` with f_a the BN'd attribute feature. In train mode the
+    verification branch (§III-D, :class:`VerificationHead`) scores every pair of the batch on
+    that feature (``verify_logits``), where ALS (eqs. 6-7) acts.
     """
 
     def __init__(
@@ -198,6 +220,7 @@ class AGNetHead(nn.Module):
         self.type_classifier = _classifier(in_channels, num_types) if num_types else None
         self.alpha = alpha
         self.feature_dim = in_channels + self.dim
+        self.verifier = VerificationHead(self.feature_dim)
 
     def forward(self, fmap: torch.Tensor) -> dict[str, torch.Tensor]:
         mask = torch.softmax(self.mask_conv(fmap.mean(dim=(2, 3), keepdim=True)), dim=1)
@@ -211,6 +234,8 @@ class AGNetHead(nn.Module):
         if self.type_classifier is not None:
             out["type_logits"] = self.type_classifier(f_attr_branch)
         out["feature"] = torch.cat([f_attr_branch, feat_bn * (1.0 - self.alpha)], dim=1)
+        if self.training:
+            out["verify_logits"] = self.verifier(out["feature"])
         return out
 
 

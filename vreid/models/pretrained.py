@@ -8,6 +8,10 @@ names (``backbone.model.*``, ``head.*``) plus the file keys it dropped on purpos
   ``bn1.IN`` / ``bn1.BN`` for IBN-a, and an ``EmbeddingHead`` under ``heads.*``: ``bottleneck``
   = [1x1 conv to the embedding,] BN neck; classifier ``heads.weight`` or, in older releases,
   ``heads.classifier.weight``; GeM exponent ``heads.pool_layer.p``).
+- ``ibn_net``: IBN-Net's released ImageNet checkpoints (Pan et al. 2018: ``resnet50_ibn_a``,
+  ``resnet101_ibn_a`` ..., the files the BoT code of 000/001/003 starts from): torchvision keys
+  with ``layerN.M.bn1.IN.*`` / ``bn1.BN.*``, the naming of :class:`vreid.models.ibn.IBN` on a
+  timm ResNet; read as ``backbone`` once the model is checked to have IBN layers.
 - ``backbone``: backbone weights alone in timm's naming, which torchvision ResNet checkpoints
   share (``conv1``, ``bn1``, ``layerN.i.*``, ``fc``); for an IBN-a model each plain ``bn1`` of
   stages 1-3 is split into the IN and BN halves as :meth:`IBN.from_batchnorm` does.
@@ -20,6 +24,7 @@ What stayed at init is returned and warned about.
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -115,19 +120,32 @@ def from_backbone(state: StateDict, model: nn.Module) -> tuple[StateDict, list[s
     return {f"backbone.model.{k}": v for k, v in out.items()}, dropped
 
 
+_IBN_NET_KEY = re.compile(r"^layer[1-4]\.\d+\.bn1\.(IN|BN)\.")
+
+
+def from_ibn_net(state: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
+    """IBN-Net's own IBN-a checkpoint: the backbone naming, for a model built with ``ibn: true``."""
+    if not any(isinstance(m, IBN) for m in model.modules()):
+        raise PretrainedMismatch("the file is an IBN-Net (IBN-a) checkpoint but the backbone has no IBN layers: "
+                                 "set `ibn: true` on the model")
+    return from_backbone(state, model)
+
+
 LAYOUTS: dict[str, Callable[[StateDict, nn.Module], tuple[StateDict, list[str]]]] = {
-    "vreid": from_vreid, "fastreid": from_fastreid, "backbone": from_backbone,
+    "vreid": from_vreid, "fastreid": from_fastreid, "ibn_net": from_ibn_net, "backbone": from_backbone,
 }
 
 
 def detect_layout(state: StateDict) -> str:
     """``vreid`` (``backbone.model.*``), ``fastreid`` (``heads.*`` or ``backbone.*`` without
-    ``.model``), else ``backbone`` (timm / torchvision keys)."""
+    ``.model``), ``ibn_net`` (top-level ``layerN.M.bn1.IN`` / ``.BN``), else ``backbone``."""
     keys = list(state)
     if any(k.startswith("backbone.model.") for k in keys):
         return "vreid"
     if any(k.startswith(("heads.", "backbone.")) for k in keys):
         return "fastreid"
+    if any(_IBN_NET_KEY.match(k) for k in keys):
+        return "ibn_net"
     return "backbone"
 
 
@@ -176,7 +194,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
         raise PretrainedMismatch(f"{path}: not a checkpoint of this architecture ({layout} layout, "
                                  f"{len(wrong) + len(unknown)} mismatching of {len(mapped)}); " + "; ".join(parts))
     model.load_state_dict(usable, strict=False)
-    covers = "backbone." if layout == "backbone" else ""  # a backbone file says nothing about the head
+    covers = "backbone." if layout in ("backbone", "ibn_net") else ""  # a backbone file says nothing of the head
     at_init = sorted(k for k in own if k.startswith(covers) and k not in usable and not k.endswith("num_batches_tracked"))
     report = LoadReport(layout, sorted(usable), at_init, dropped)
     if at_init:

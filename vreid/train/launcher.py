@@ -113,11 +113,54 @@ def check_resources(models: list[ModelConfig], wait_s: float = 0.0) -> None:
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
 
-def preflight(models: list[ModelConfig], table: pa.Table) -> None:
+class UnreadableTrainingImages(ValueError):
+    """Training images that do not decode, under ``data.on_bad_image: fail``."""
+
+
+def _decode_failures(root: str, paths: list[str]) -> list[dict[str, str]]:
+    from vreid.data.images import ImageDecodeError, decode_image
+
+    bad = []
+    for rel in paths:
+        try:
+            decode_image(Path(root) / rel)
+        except ImageDecodeError as exc:
+            bad.append({"image_id": rel, "reason": str(exc.reason)})
+    return bad
+
+
+DECODE_CHUNK = 2000  # images per decode-check task
+
+
+def check_training_images(table: pa.Table, root: Path, on_bad_image: str) -> tuple[pa.Table, list[dict[str, str]]]:
+    """Decode every image (and mask) of a training table before training starts, in Ray tasks:
+    under ``fail`` an undecodable one raises :class:`UnreadableTrainingImages` naming each file;
+    under ``skip`` its rows are left out and returned with the reasons."""
+    import ray
+
+    masks = [m for m in table.column("mask_path").to_pylist() if m]
+    paths = sorted(set(table.column("image_id").to_pylist()) | set(masks))
+    task = ray.remote(num_cpus=0.5)(_decode_failures)
+    refs = [task.remote(str(root), paths[i: i + DECODE_CHUNK]) for i in range(0, len(paths), DECODE_CHUNK)]
+    bad = [b for part in ray.get(refs) for b in part]
+    if not bad:
+        return table, []
+    if on_bad_image == "fail":
+        raise UnreadableTrainingImages(
+            f"{len(bad)} training image(s) cannot be decoded (data.on_bad_image: fail; 'skip' leaves them out): "
+            + "; ".join(f"{root / b['image_id']}: {b['reason']}" for b in bad[:10]) + (" ..." if len(bad) > 10 else ""))
+    names = {b["image_id"] for b in bad}
+    keep = pc.invert(pc.or_kleene(pc.is_in(table.column("image_id"), pa.array(sorted(names))),
+                            pc.is_in(table.column("mask_path"), pa.array(sorted(names)))))
+    return table.filter(pc.fill_null(keep, True)), bad
+
+
+def preflight(models: list[ModelConfig], table: pa.Table, dataset: str = "the dataset") -> None:
     """Errors a user can fix, raised before any worker starts: unknown backbone (with close timm
-    names), an input size the network cannot take, a P x K the training split cannot fill."""
+    names), an input size the network cannot take, a P x K the training split cannot fill, an
+    attribute head on a dataset without colour / type labels."""
     from vreid.models import build_model
-    from vreid.train.loop import stage_rows
+    from vreid.train.loop import attribute_classes, stage_rows
 
     train = table.filter(pc.equal(table.column("split"), "train"))
     for m in models:
@@ -134,6 +177,11 @@ def preflight(models: list[ModelConfig], table: pa.Table) -> None:
                 raise ValueError(f"model '{m.name}': init_from: {exc}") from None
         for stage in m.recipe:
             rows = stage_rows(train, stage)
+            if not m.init_from:
+                try:
+                    attribute_classes(rows, m.head, dataset)
+                except ValueError as exc:
+                    raise ValueError(f"model '{m.name}' stage '{stage.name}': {exc}") from None
             ids = len(pc.unique(rows.column("pid")))
             if ids < stage.p * m.scaling.num_workers:
                 raise ValueError(
@@ -210,15 +258,31 @@ def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = No
     shared = training_manifest(cfg, manifest) if tables is None else None  # the config's own, for all
     if shared is not None:
         tables = {m.name: shared for m, _ in todo}
+    root = dataset_root(manifest)
+    dataset = f"dataset '{cfg.data.root}' (format {cfg.data.format})"
+    skipped: dict[str, list[dict[str, str]]] = {}
+    if not cfg.data.verify_images:  # otherwise every image was decoded when the dataset was read
+        checked: dict[int, tuple[pa.Table, list]] = {}
+        for m, _ in todo:
+            t = tables[m.name]
+            if id(t) not in checked:
+                checked[id(t)] = check_training_images(t, root, cfg.data.on_bad_image)
+            tables[m.name], skipped[m.name] = checked[id(t)]
+        if shared is not None:
+            shared = tables[todo[0][0].name]
+        for name, bad in skipped.items():
+            if bad:
+                log.warning("model %s: %d undecodable training image(s) left out (data.on_bad_image: skip): %s",
+                            name, len(bad), ", ".join(b["image_id"] for b in bad[:5]))
     for m, _ in todo:
-        preflight([with_run_paths(m, run_dir)], tables[m.name])
+        preflight([with_run_paths(m, run_dir)], tables[m.name], dataset)
     shared_path = write_manifest(shared, run_dir / work / "manifest.parquet") if shared is not None else None
     manifests = {}
     for m, _ in todo:
         table = tables[m.name]
         path = shared_path or write_manifest(table, run_dir / work / "manifests" / f"{m.name}.parquet")
         manifests[m.name] = (str(path), pc.sum(pc.not_equal(table.column("split"), "train")).as_py() or 0)
-    loop_cfg = {"dataset_root": str(dataset_root(manifest)),
+    loop_cfg = {"dataset_root": str(root), "dataset": dataset,
                 "seed": cfg.seed, "num_threads": cfg.train.num_threads, "amp": cfg.train.amp,
                 "eval_every": cfg.train.eval_every, "eval_batch_size": cfg.train.eval_batch_size,
                 "loader_workers": cfg.train.loader_workers}
@@ -249,7 +313,7 @@ def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = No
         final = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float, str))}
         export_trained_model(res["state_dict"], res["build_args"],
                              {"key": key, "name": m.name, "config": m.model_dump(mode="json"),
-                              "class_ids": res["class_ids"],
+                              "class_ids": res["class_ids"], "skipped_images": skipped.get(m.name, []),
                               "history": res["history"], "final_metrics": final}, out)
         log.info("model %s: trained, written to %s (%s)", m.name, out,
                  ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float)))

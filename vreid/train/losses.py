@@ -1,27 +1,20 @@
 """Training losses (pure PyTorch).
 
 :class:`ReIDLoss` combines, on the train-mode outputs of :class:`vreid.models.ReIDModel`:
-``L = w_id L_id + w_tri L_tri + β L_center + α L_type + β' L_color + λ3 L_ALS`` (seed 000 eqs. 4-5,
-seed 004 eq. 8). Labels of -1 (unknown) are ignored by every classification term.
+``L = w_id L_id + w_tri L_tri + β L_center + w_type L_type + w_color L_color + λ3 L_verify``
+(seed 000 eqs. 4-5, seed 004 eq. 8). Labels of -1 (unknown) are ignored by every term. Default
+weights are those of :class:`vreid.config.LossConfig` (one source for library and config).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-TRIPLET_MARGIN = 0.5  # seed 000 eq. 3; None = soft margin (seeds 001/003 eq. 1)
-CENTER_WEIGHT = 5e-4  # β of seed 000 eq. 4 (seeds 001/003 drop the center loss: 0)
-ATTR_WEIGHT = 1.0  # α = β = 1 for the type / colour CE (seed 000 eq. 5)
-ALS_THETA = 0.1  # θ of seed 004 eq. 7 (not given in the paper)
-ALS_ALPHA = 0.01  # α of seed 004 eq. 6 (not given in the paper)
-ALS_BETA = 1.0  # β of seed 004 eq. 6 (not given in the paper)
-# seed 004 eq. 8: λ1 (category), λ2 (colour + type), λ3 (ALS); use as ReIDLoss(..., **AGNET_WEIGHTS)
-AGNET_WEIGHTS = {"id_weight": 0.5, "color_weight": 0.5, "type_weight": 0.5, "als_weight": 1.0}
+from vreid.config import LossConfig
+
+DEFAULTS = LossConfig()  # the library's defaults are the config's
 
 
 def cross_entropy(
@@ -43,7 +36,7 @@ def euclidean_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def batch_hard_triplet(
-    feat: torch.Tensor, labels: torch.Tensor, margin: float | None = TRIPLET_MARGIN
+    feat: torch.Tensor, labels: torch.Tensor, margin: float | None = DEFAULTS.triplet_margin
 ) -> torch.Tensor:
     """Batch-hard triplet loss (Hermans et al. 2017) on Euclidean distances, mean over anchors.
 
@@ -64,7 +57,8 @@ def batch_hard_triplet(
 class CenterLoss(nn.Module):
     """Center loss (Wen et al. 2016; seed 000 eq. 2): ``½ ||f_j − c_{y_j}||²`` averaged over the
     batch (eq. 2 sums; the mean keeps β independent of the batch size). ``centers`` is a
-    learnable ``(num_classes, feat_dim)`` parameter: give it to the optimizer."""
+    learnable ``(num_classes, feat_dim)`` parameter trained by its own optimiser, as BoT does
+    (see :func:`vreid.train.optim.build_optimizers`), never by the model's."""
 
     def __init__(self, num_classes: int, feat_dim: int):
         super().__init__()
@@ -78,92 +72,69 @@ class CenterLoss(nn.Module):
         return 0.5 * diff.pow(2).sum(dim=1).mean()
 
 
-def class_attribute_table(
-    labels: Sequence[int] | np.ndarray,
-    attributes: Sequence[Sequence[int]] | np.ndarray,
-    num_classes: int,
+def verification_loss(
+    pair_logits: torch.Tensor,
+    labels: torch.Tensor,
+    attributes: torch.Tensor | None = None,
+    *,
+    als: bool = DEFAULTS.als,
+    theta: float = DEFAULTS.als_theta,
+    alpha: float = DEFAULTS.als_alpha,
+    beta: float = DEFAULTS.als_beta,
 ) -> torch.Tensor:
-    """Per-class attributes ``(num_classes, A)`` for :class:`ALSLoss` from per-image ``labels``
-    (class index per image) and ``attributes`` ``(N, A)`` (e.g. colour and type, -1 unknown):
-    each entry is the most frequent known value of the class, -1 when none is known."""
-    y = np.asarray(labels, dtype=np.int64).ravel()
-    attr = np.asarray(attributes, dtype=np.int64).reshape(len(y), -1)
-    table = np.full((num_classes, attr.shape[1]), -1, dtype=np.int64)
-    for c in np.unique(y[(y >= 0) & (y < num_classes)]):
-        rows = attr[y == c]
-        for a in range(attr.shape[1]):
-            known = rows[:, a][rows[:, a] >= 0]
-            if len(known):
-                values, counts = np.unique(known, return_counts=True)
-                table[c, a] = values[np.argmax(counts)]
-    return torch.from_numpy(table)
+    """AGNet's verification loss (seed 004 §III-D, eqs. 6-7) over every pair i < j of the batch.
 
-
-class ALSLoss(nn.Module):
-    """Attribute-based label smoothing (seed 004 eqs. 6-7) on the identity logits.
-
-    ``L = CE(q, y) + β Σ_i −ε_i log(α + q_i)`` with q = softmax(logits) and, for the sample of
-    class y and each class i: ε_i = 1 − θ if i = y, θ if i ≠ y shares all attributes of y (eq. 7,
-    "attr1 = attr2, id1 ≠ id2"), 0 otherwise; unknown attributes (-1) never match. The paper
-    applies ALS in a pairwise verification branch; here the (sample, class) pairs play that role,
-    which makes it a smoothing of the identity target toward vehicles sharing attributes.
-    ``class_attributes``: ``(num_classes, A)`` integer table, see :func:`class_attribute_table`.
+    ``pair_logits`` ``(B, B, 2)``: logits of "different" (0) and "same" (1) for each pair (the
+    Square Layer head, :class:`vreid.models.heads.VerificationHead`); ``labels`` ``(B,)`` identity
+    labels (-1 unknown: pairs with it are left out); ``attributes`` ``(B, A)`` (colour, type; -1
+    unknown, never equal). Plain CE over the pairs, or with ``als``:
+    ``ℓ = CE + β·mean(−ε log(α + q_target))`` with ε = 1 − θ for same-identity pairs, θ for
+    different identities sharing every attribute ("attr1 = attr2, id1 ≠ id2"), 0 otherwise.
     """
-
-    def __init__(
-        self,
-        class_attributes: torch.Tensor,
-        theta: float = ALS_THETA,
-        alpha: float = ALS_ALPHA,
-        beta: float = ALS_BETA,
-    ):
-        super().__init__()
-        table = torch.as_tensor(class_attributes, dtype=torch.long)
-        if table.ndim != 2:
-            raise ValueError(f"class_attributes must be (num_classes, A), got {tuple(table.shape)}")
-        self.register_buffer("class_attributes", table)
-        self.theta, self.alpha, self.beta = theta, alpha, beta
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if logits.shape[1] != self.class_attributes.shape[0]:
-            raise ValueError(
-                f"ALS: logits have {logits.shape[1]} classes, class_attributes "
-                f"{self.class_attributes.shape[0]}"
-            )
-        known = targets >= 0
-        logits, targets = logits[known], targets[known]
-        if len(targets) == 0:
-            return logits.sum() * 0.0
-        table = self.class_attributes
-        own = table[targets]  # (B, A)
-        share = ((own[:, None, :] == table[None, :, :]) & (own[:, None, :] >= 0)).all(dim=2)
-        eps = self.theta * share.to(logits.dtype)
-        eps[torch.arange(len(targets), device=logits.device), targets] = 1.0 - self.theta
-        q = F.softmax(logits, dim=1)
-        smooth = -(eps * torch.log(self.alpha + q)).sum(dim=1).mean()
-        return F.cross_entropy(logits, targets) + self.beta * smooth
+    n = len(labels)
+    i, j = torch.triu_indices(n, n, offset=1, device=labels.device)
+    keep = (labels[i] >= 0) & (labels[j] >= 0)
+    i, j = i[keep], j[keep]
+    logits = pair_logits[i, j]
+    if len(i) == 0:
+        return pair_logits.sum() * 0.0
+    same = labels[i] == labels[j]
+    target = same.long()
+    loss = F.cross_entropy(logits, target)
+    if not als:
+        return loss
+    if attributes is None:
+        share = torch.zeros_like(same)
+    else:
+        a, b = attributes[i], attributes[j]
+        share = ((a == b) & (a >= 0)).all(dim=1)
+    eps = torch.where(same, torch.full_like(logits[:, 0], 1.0 - theta),
+                      torch.where(share, torch.full_like(logits[:, 0], theta), torch.zeros_like(logits[:, 0])))
+    q = F.softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+    return loss + beta * (-(eps * torch.log(alpha + q))).mean()
 
 
 class ReIDLoss(nn.Module):
     """Total training loss on the train-mode output dict of ``ReIDModel``.
 
-    ``L = id_weight·CE(logits) + triplet_weight·L_tri(feat) + center_weight·L_center
-    + type_weight·CE(type_logits) + color_weight·CE(color_logits) + als_weight·L_ALS(logits)``
+    ``L = id_weight·CE(logits) + triplet_weight·L_tri(feat) + center_weight·L_center(feat)
+    + type_weight·CE(type_logits) + color_weight·CE(color_logits)
+    + verify_weight·L_verify(verify_logits)`` (seed 004 eq. 8 with λ1 = id_weight, λ2 =
+    colour / type weights, λ3 = verify_weight).
 
-    Args:
+    Args (defaults: :class:`vreid.config.LossConfig`):
         num_classes, feat_dim: classifier classes and size of ``feat`` (for the centers).
         triplet_margin: 0.5 (seed 000) or None for the soft margin (seeds 001/003).
-        label_smoothing: ε of the ID cross-entropy (0 in seed 003).
+        label_smoothing: ε of the ID cross-entropy (0 in seeds 000, 002, 003, 004).
         center_weight: β (seed 000: 5e-4; 0 disables the center loss and its parameters).
         center_on: ``"feat"`` (f, BoT and METHODS) or ``"feat_bn"`` (seed 000 §3.1 text).
-        type_weight, color_weight: α, β of seed 000 eq. 5.
-        als_class_attributes: enables ALS (seed 004) with this class attribute table;
-            als_theta, als_alpha, als_beta: θ, α, β of 004 eqs. 6-7; als_weight: λ3 of eq. 8.
-            For AGNet's eq. 8 weights pass ``**AGNET_WEIGHTS``.
+        type_weight, color_weight: α, β of seed 000 eq. 5 (λ2 of 004 eq. 8).
+        verify_weight: λ3 of 004 eq. 8, on the model's ``verify_logits`` (AGNet head);
+            als, als_theta, als_alpha, als_beta: ALS of 004 eqs. 6-7 on that loss.
 
     ``forward(outputs, targets, color=None, vtype=None)`` (per-image colour / type labels, named
     as the manifest columns, -1 unknown) returns ``(total, parts)`` with ``parts`` the detached
-    unweighted terms (``id``, ``triplet``, ``center``, ``type``, ``color``, ``als`` as
+    unweighted terms (``id``, ``triplet``, ``center``, ``type``, ``color``, ``verify`` as
     enabled). A model with colour / type logits needs those labels.
     """
 
@@ -172,19 +143,19 @@ class ReIDLoss(nn.Module):
         num_classes: int,
         feat_dim: int,
         *,
-        triplet_margin: float | None = TRIPLET_MARGIN,
-        label_smoothing: float = 0.0,
-        center_weight: float = CENTER_WEIGHT,
+        triplet_margin: float | None = DEFAULTS.triplet_margin,
+        label_smoothing: float = DEFAULTS.label_smoothing,
+        center_weight: float = DEFAULTS.center_weight,
         center_on: str = "feat",
-        id_weight: float = 1.0,
-        triplet_weight: float = 1.0,
-        type_weight: float = ATTR_WEIGHT,
-        color_weight: float = ATTR_WEIGHT,
-        als_class_attributes: torch.Tensor | None = None,
-        als_theta: float = ALS_THETA,
-        als_alpha: float = ALS_ALPHA,
-        als_beta: float = ALS_BETA,
-        als_weight: float = 1.0,
+        id_weight: float = DEFAULTS.id_weight,
+        triplet_weight: float = DEFAULTS.triplet_weight,
+        type_weight: float = DEFAULTS.type_weight,
+        color_weight: float = DEFAULTS.color_weight,
+        verify_weight: float = DEFAULTS.verify_weight,
+        als: bool = DEFAULTS.als,
+        als_theta: float = DEFAULTS.als_theta,
+        als_alpha: float = DEFAULTS.als_alpha,
+        als_beta: float = DEFAULTS.als_beta,
     ):
         super().__init__()
         if center_on not in ("feat", "feat_bn"):
@@ -197,12 +168,14 @@ class ReIDLoss(nn.Module):
         self.id_weight = id_weight
         self.triplet_weight = triplet_weight
         self.attr_weights = {"type": type_weight, "color": color_weight}
-        self.als = (
-            ALSLoss(als_class_attributes, als_theta, als_alpha, als_beta)
-            if als_class_attributes is not None
-            else None
-        )
-        self.als_weight = als_weight
+        self.verify_weight = verify_weight
+        self.als = {"als": als, "theta": als_theta, "alpha": als_alpha, "beta": als_beta}
+
+    @classmethod
+    def from_config(cls, loss: LossConfig, num_classes: int, feat_dim: int) -> ReIDLoss:
+        """The loss of one recipe stage (``StageConfig.loss``)."""
+        fields = loss.model_dump(exclude={"center_lr"})
+        return cls(num_classes, feat_dim, **fields)
 
     def forward(
         self,
@@ -227,7 +200,11 @@ class ReIDLoss(nn.Module):
                 raise ValueError(f"the model predicts {key}: pass {arg}= labels (-1 unknown)")
             parts[key] = cross_entropy(outputs[f"{key}_logits"], labels)
             total = total + self.attr_weights[key] * parts[key]
-        if self.als is not None:
-            parts["als"] = self.als(logits, targets)
-            total = total + self.als_weight * parts["als"]
+        if self.verify_weight:
+            if "verify_logits" not in outputs:
+                raise ValueError("verify_weight > 0 needs the AGNet verification branch (head: agnet)")
+            attrs = [a for a in (color, vtype) if a is not None]
+            parts["verify"] = verification_loss(outputs["verify_logits"], targets,
+                                                torch.stack(attrs, 1) if attrs else None, **self.als)
+            total = total + self.verify_weight * parts["verify"]
         return total, {k: v.detach() for k, v in parts.items()}

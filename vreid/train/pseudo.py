@@ -2,10 +2,11 @@
 
 * DBSCAN (seed 003): features after camera-bias removal and tracklet fusion
   (:func:`clustering_features`), distance 0.9·Jaccard + 0.1·cosine on the k-NN graph
-  (:func:`jaccard_cosine_graph`), eps 0.55, min_samples 10 (:func:`dbscan_labels`); noise dropped,
+  on every pair whose encodings overlap (:func:`jaccard_cosine_graph`), eps 0.55, min_samples 10 (:func:`dbscan_labels`); noise dropped,
   classifier initialised from the cluster centroids (:func:`centroids`).
-* Identity Mining (seed 001): queries pairwise farther than d_n become identities, test images
-  closer than d_p to their nearest one take its label (:func:`identity_mining`); k-means with
+* Identity Mining (seed 001): from a random query, the query farthest from the chosen set (among
+  those farther than d_n from every chosen one) becomes the next identity; test images closer
+  than d_p to their nearest chosen query take its label (:func:`identity_mining`); k-means with
   the known number of identities is the baseline (:func:`kmeans_labels`).
 
 Labels are int64 with -1 = noise / unlabelled. Nothing here builds an N x N array.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from vreid.config import DBSCANSetting, UDAConfig
 from vreid.postprocess.camera_bias import remove_camera_mean
 from vreid.postprocess.checks import as_features, as_per_image
 from vreid.postprocess.ensemble import l2_normalize
@@ -40,14 +42,15 @@ __all__ = [
     "pseudo_label_quality",
 ]
 
-JACCARD_WEIGHT = 0.9  # seed 003 §3.2: d = 0.9·Jaccard + 0.1·cosine
-DBSCAN_EPS = 0.55  # seed 003 §3.2
-DBSCAN_MIN_SAMPLES = 10  # seed 003 §3.2
-IM_D_N = 0.49  # seed 001 §3.3: picked queries pairwise farther than d_n (squared Euclidean)
-IM_D_P = 0.23  # seed 001 §3.3: images closer than d_p to a picked query take its identity
+# the config's defaults (vreid.config.UDAConfig / DBSCANSetting, with their sources), one source
+JACCARD_WEIGHT = UDAConfig.model_fields["jaccard_weight"].default  # 003 code: 0.9 Jaccard + 0.1 cosine
+DBSCAN_EPS = DBSCANSetting.model_fields["eps"].default  # 003 code: 0.55
+DBSCAN_MIN_SAMPLES = DBSCANSetting.model_fields["min_samples"].default  # 003 code: 10
+IM_D_N = UDAConfig.model_fields["d_n"].default  # 001 §4.2: 0.49 (squared Euclidean)
+IM_D_P = UDAConfig.model_fields["d_p"].default  # 001 §4.2: 0.23
 MINIBATCH_ABOVE = 50_000  # k-means switches to MiniBatchKMeans above this many points
 _MIN_DISTANCE = 1e-12  # stored graph entries are >= this: an explicit 0 would be "no edge"
-_CELLS = 1 << 22  # elements of one dense block (IM dot products) / one sparse chunk (Jaccard)
+_CELLS = 1 << 22  # elements of one dense block (IM distances) / one sparse chunk (Jaccard)
 
 
 class PseudoLabelError(ValueError):
@@ -70,8 +73,8 @@ def clustering_features(
     camids,
     trackids,
     *,
-    camera_alpha: float | None = 1.0,  # seed 003 eq. 2 (remove_camera_mean); None = skip
-    tracklet_beta: float | None = 0.0005,  # seed 003 §3.2 eq. 3 for pseudo-labels; None = skip
+    camera_alpha: float | None = UDAConfig.model_fields["camera_alpha"].default,  # 003 eq. 2; None = skip
+    tracklet_beta: float | None = UDAConfig.model_fields["tracklet_beta"].default,  # 003 §3.2; None = skip
 ) -> np.ndarray:
     """Seed 003 §3.2: the features DBSCAN clusters, as L2-normalised float32 (N, dim).
 
@@ -105,13 +108,14 @@ def jaccard_cosine_graph(
     jaccard_weight: float = JACCARD_WEIGHT,
     backend: str = "auto",
 ) -> sp.csr_matrix:
-    """Seed 003 §3.2 DBSCAN distance d = w·Jaccard + (1 − w)·cosine, on the k-NN graph only.
+    """Seed 003 §3.2 DBSCAN distance d = w·Jaccard + (1 − w)·cosine on every pair DBSCAN can link.
 
     V is the k-reciprocal encoding (Zhong et al. 2017, steps 1-5) of the L2-normalised features;
-    for each edge (i, j) of the k1-NN graph (symmetrised, self excluded) J = 1 − m / (2 − m) with
-    m = Σ_k min(V[i,k], V[j,k]) and cosine = 1 − f_i·f_j. Returns a symmetric (N, N) float64 csr
-    holding only those edges, each >= 1e-12 (never an explicit 0); a pair that is not stored is
-    "not neighbours" (infinitely far) for DBSCAN. ``backend`` goes to :func:`knn_graph`.
+    J = 1 − m / (2 − m) with m = Σ_k min(V[i,k], V[j,k]) and cosine = 1 − f_i·f_j. The graph
+    holds every pair i ≠ j whose encodings overlap (m > 0, the pattern of V Vᵀ, found in row
+    chunks); every other pair has J = 1, so d >= w: the graph is exact for DBSCAN with eps < w.
+    Returns a symmetric (N, N) float64 csr, each stored entry >= 1e-12 (never an explicit 0); a
+    pair not stored is "not neighbours". ``backend`` goes to :func:`knn_graph`.
     """
     x = l2_normalize(as_features("features", features))
     n = len(x)
@@ -121,15 +125,21 @@ def jaccard_cosine_graph(
     if not 0.0 <= w <= 1.0:
         raise ValueError(f"jaccard_weight must be a number in [0, 1], got {jaccard_weight!r}")
     graph = knn_graph(x, max(k1, k2 - 1), backend=backend)
-    v = k_reciprocal_encode(graph, k1, k2, FeatureDistance(x).pairs)
-    rows = np.repeat(np.arange(n, dtype=np.int64), k1 + 1)
-    cols = graph.indices[:, : k1 + 1].ravel()
-    keep = rows != cols
-    keys = np.unique(np.minimum(rows, cols)[keep] * n + np.maximum(rows, cols)[keep])
-    lo, hi = np.divmod(keys, n)
-    d = np.empty(len(keys), dtype=np.float64)
-    step = max(1, _CELLS // max(1, int(np.diff(v.indptr).max()), x.shape[1]))
-    for s in range(0, len(keys), step):
+    v = k_reciprocal_encode(graph, k1, k2, FeatureDistance(x).pairs).tocsr()
+    pattern = v.copy()
+    pattern.data = np.ones_like(pattern.data, dtype=np.float32)
+    width = max(1, int(np.diff(v.indptr).max()))
+    rows_per_chunk = max(1, _CELLS // (width * width))
+    keys = []
+    for s in range(0, n, rows_per_chunk):
+        overlap = (pattern[s : s + rows_per_chunk] @ pattern.T).tocoo()  # m > 0 <=> shared support
+        i, j = overlap.row.astype(np.int64) + s, overlap.col.astype(np.int64)
+        upper = i < j
+        keys.append(i[upper] * n + j[upper])
+    lo, hi = np.divmod(np.unique(np.concatenate(keys)), n)
+    d = np.empty(len(lo), dtype=np.float64)
+    step = max(1, _CELLS // max(width, x.shape[1]))
+    for s in range(0, len(lo), step):
         a, b = lo[s : s + step], hi[s : s + step]
         m = np.asarray(v[a].minimum(v[b]).sum(axis=1)).ravel()
         jac = 1.0 - m / (2.0 - m)
@@ -170,21 +180,9 @@ def dbscan_labels(graph, eps: float = DBSCAN_EPS, min_samples: int = DBSCAN_MIN_
     return _first_appearance(labels)
 
 
-def _nearest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each row of ``a``: (max dot product over rows of ``b``, its first argmax); blocks of _CELLS."""
-    best = np.full(len(a), -np.inf)
-    arg = np.full(len(a), -1, dtype=np.int64)
-    rstep = max(1, min(len(a), _CELLS // max(1, len(b))))
-    cstep = max(1, _CELLS // rstep)
-    for r in range(0, len(a), rstep):
-        for c in range(0, len(b), cstep):
-            dots = a[r : r + rstep] @ b[c : c + cstep].T
-            j = dots.argmax(axis=1)
-            v = dots[np.arange(len(j)), j]
-            better = v > best[r : r + rstep]
-            best[r : r + rstep][better] = v[better]
-            arg[r : r + rstep][better] = c + j[better]
-    return best, arg
+def _sq_to(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances of unit rows ``x`` to one unit vector ``y``: 2 − 2 x·y."""
+    return np.maximum(2.0 - 2.0 * (x @ y).astype(np.float64), 0.0)
 
 
 def identity_mining(
@@ -193,33 +191,44 @@ def identity_mining(
     *,
     d_n: float = IM_D_N,
     d_p: float = IM_D_P,
-    block: int = 1024,
+    seed: int = 0,
 ) -> np.ndarray:
     """Identity Mining, seed 001 §3.3, on squared Euclidean distances of L2-normalised features.
 
-    Queries are walked in order; one is picked (a new identity) when its distance to every
-    query picked before is > ``d_n``. Each row of ``test_features`` (callers pass query +
-    gallery) closer than ``d_p`` to its nearest picked query gets that query's label (0..C-1 in
-    pick order), else -1. Queries go in ``block``s against the picked set, then greedily inside
-    the block: exact order, no Q x Q matrix.
+    First stage: L starts from a random query ("we randomly sample a probe image l1", drawn with
+    ``seed``); then, among the candidates q with min Dist(q, L) > ``d_n``, the most dissimilar to
+    the whole set L (largest Σ_{l ∈ L} Dist(q, l)) joins L as a new identity, until no candidate
+    is left. Second stage: each row of ``test_features`` (callers pass query + gallery) closer
+    than ``d_p`` to its nearest member of L takes that member's label (0..C-1 in the order L was
+    built), else -1. Keeps per-query min / sum over L (O(Q) memory, O(Q·|L|) distances).
     """
     q = l2_normalize(as_features("query_features", query_features))
     t = l2_normalize(as_features("test_features", test_features, dim=q.shape[1]))
     if not (np.isfinite(d_n) and np.isfinite(d_p) and d_n >= 0 and d_p >= 0):
         raise ValueError(f"d_n and d_p must be finite numbers >= 0, got d_n={d_n!r}, d_p={d_p!r}")
-    block = _int_in("block", block, 1, 1 << 20, "queries per block")
-    far = 1.0 - d_n / 2.0  # |a - b|^2 = 2 - 2 a.b for unit vectors: d > d_n <=> a.b < far
-    picked: list[int] = []
-    for s in range(0, len(q), block):
-        qb = q[s : s + block]
-        alive = _nearest(qb, q[picked])[0] < far if picked else np.ones(len(qb), dtype=bool)
-        inner = qb @ qb.T >= far  # close pairs inside the block
-        for i in np.flatnonzero(alive):
-            if alive[i]:
-                picked.append(s + int(i))
-                alive[i + 1 :] &= ~inner[i, i + 1 :]
-    best, arg = _nearest(t, q[picked])
-    return np.where(2.0 - 2.0 * best < d_p, arg, -1).astype(np.int64)
+    first = int(np.random.default_rng(seed).integers(len(q)))
+    picked = [first]
+    d = _sq_to(q, q[first])
+    nearest, total = d.copy(), d.copy()
+    while True:
+        candidates = np.flatnonzero(nearest > d_n)
+        if len(candidates) == 0:
+            break
+        new = int(candidates[np.argmax(total[candidates])])
+        picked.append(new)
+        d = _sq_to(q, q[new])
+        np.minimum(nearest, d, out=nearest)
+        total += d
+    best = np.full(len(t), np.inf)
+    label = np.full(len(t), -1, dtype=np.int64)
+    step = max(1, _CELLS // max(1, len(t)))
+    for c in range(0, len(picked), step):  # nearest member of L, blocks of members
+        d = np.maximum(2.0 - 2.0 * (t @ q[picked[c : c + step]].T).astype(np.float64), 0.0)
+        j = d.argmin(axis=1)
+        dj = d[np.arange(len(t)), j]
+        closer = dj < best
+        best[closer], label[closer] = dj[closer], c + j[closer]
+    return np.where(best < d_p, label, -1).astype(np.int64)
 
 
 def kmeans_labels(features, num_ids: int, *, seed: int = 0) -> np.ndarray:

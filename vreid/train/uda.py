@@ -45,6 +45,7 @@ def stage2_model(cfg: RunConfig, source: ModelConfig, name: str) -> ModelConfig:
     """``source`` started from its stage-1 weights with the UDA recipe (one stage)."""
     return ModelConfig.model_validate({
         **source.model_dump(mode="json"), "name": name, "pretrained": False, "pretrained_path": None,
+        "preset": None,
         "init_from": f"models/{source.name}",  # relative to the run: a moved run stays complete
         "recipe": [cfg.uda.stage.model_dump(mode="json")]})
 
@@ -92,11 +93,14 @@ def label_by_method(cfg: RunConfig, rows: pa.Table, features: np.ndarray, n_quer
                                    camera_alpha=u.camera_alpha, tracklet_beta=u.tracklet_beta)
     out = {}
     if compare or u.method == "dbscan":
+        if too_wide := [s.eps for s in u.dbscan if s.eps >= u.jaccard_weight]:
+            raise ValueError(f"uda.dbscan eps {too_wide} must be < uda.jaccard_weight = {u.jaccard_weight:g}: "
+                             "pairs whose encodings do not overlap are that far apart and are not in the graph")
         graph = pseudo.jaccard_cosine_graph(x, k1=min(u.k1, len(x) - 1), k2=u.k2, jaccard_weight=u.jaccard_weight)
         for s in u.dbscan:
             out[_dbscan_name(s)] = pseudo.dbscan_labels(graph, s.eps, s.min_samples)
     if compare or u.method == "identity_mining":
-        out["identity_mining"] = pseudo.identity_mining(x[:n_query], x, d_n=u.d_n, d_p=u.d_p)
+        out["identity_mining"] = pseudo.identity_mining(x[:n_query], x, d_n=u.d_n, d_p=u.d_p, seed=cfg.seed)
     if num_ids and (compare or u.method == "kmeans"):
         out["kmeans"] = pseudo.kmeans_labels(x, num_ids, seed=cfg.seed)
     return out
