@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vreid.config import PostprocessConfig
-from vreid.eval import evaluate, evaluate_ranked
+from vreid.eval import evaluate_ranked
 from vreid.postprocess.ensemble import ensemble_features, l2_normalize, pairwise_sq_distances
 from vreid.postprocess.items import GalleryItems, ItemState, Level, PostprocessInputs, Side, tile_ranking
 from vreid.postprocess.knn import KNNGraph, knn_graph
@@ -116,26 +116,41 @@ def _check(cfg: PostprocessConfig, inputs: PostprocessInputs, level: Level) -> l
     return models
 
 
-def _metrics(name: str, inputs: PostprocessInputs, dist: np.ndarray | None = None,
-             ranked: np.ndarray | None = None) -> dict[str, Any]:
+def _metrics(name: str, inputs: PostprocessInputs, ranked: np.ndarray) -> dict[str, Any]:
+    """mAP / CMC / mINP and the AI City top-100 mAP of one ranking (Q, K) of gallery images."""
     q, g = inputs.query, inputs.gallery
-    if dist is not None:
-        full = evaluate(dist, q.pids, g.pids, q.camids, g.camids)
-        top = evaluate(dist, q.pids, g.pids, q.camids, g.camids, top_k_ap=100)
-    else:
-        full = evaluate_ranked(ranked, q.pids, g.pids, q.camids, g.camids)
-        top = evaluate_ranked(ranked, q.pids, g.pids, q.camids, g.camids, top_k_ap=100)
+    full = evaluate_ranked(ranked, q.pids, g.pids, q.camids, g.camids)
+    top = evaluate_ranked(ranked, q.pids, g.pids, q.camids, g.camids, top_k_ap=100)
     return {"step": name, **full.as_dict(), "mAP@100": float(top.mAP),
             "cmc": [round(float(c), 5) for c in full.cmc[:20]]}
 
 
+def full_ranking(dist: np.ndarray, items: GalleryItems) -> np.ndarray:
+    """Every gallery image of every query, (Q, G): items by ascending distance (stable), each
+    item's images in a row (gallery order inside an item: within a track every image shows one
+    vehicle, so the order inside it changes no metric). One (Q, T) sort, then a scatter."""
+    order = np.argsort(dist, axis=1, kind="stable")  # (Q, T) items ranked
+    if items.level == "image":
+        return order
+    sizes = items.sizes
+    start = np.cumsum(sizes[order], axis=1) - sizes[order]  # first position of each ranked item
+    item_start = np.empty_like(start)
+    np.put_along_axis(item_start, order, start, axis=1)  # (Q, T) first position of item t
+    offset = np.empty(len(items.item_of_image), np.int64)
+    offset[items.members] = np.arange(len(items.members)) - np.repeat(items.starts[:-1], sizes)
+    pos = item_start[:, items.item_of_image] + offset[None, :]  # (Q, G) position of image g
+    ranked = np.empty_like(pos)
+    np.put_along_axis(ranked, pos, np.broadcast_to(np.arange(pos.shape[1]), pos.shape), axis=1)
+    return ranked
+
+
 def _state_metrics(name: str, inputs: PostprocessInputs, state: ItemState) -> dict[str, Any]:
-    """Metrics of the image ranking the state stands for (tracks tiled: within a track every image
-    has the same pid, so the order inside a track changes no metric)."""
+    """Metrics of the image ranking the state stands for: its ranked lists after a ranking
+    step, else every image ranked by its item's distance (tracks tiled)."""
     if state.ranked is not None:
-        return _metrics(name, inputs, ranked=state.ranked)
+        return _metrics(name, inputs, state.ranked)
     dist = state.dist if state.dist is not None else pairwise_sq_distances(state.query, state.gallery)
-    return _metrics(name, inputs, dist[:, state.items.item_of_image])
+    return _metrics(name, inputs, full_ranking(dist, state.items))
 
 
 def feature_state_key(cfg: PostprocessConfig, level: Level = "image", upto: int | None = None) -> str:
