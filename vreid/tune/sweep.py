@@ -135,8 +135,9 @@ def default_point(base: PostprocessConfig, space: dict[str, SearchDimension]) ->
     for key, dim in space.items():
         step, _, param = key.partition(".")
         value = getattr(steps[step], param) if param else True
-        if value is None:  # a level default (rerank k1 / k2 / lambda): not a point of the space
-            return None
+        if value is None and step == "rerank":  # unset k1 / k2 / lambda: the level's default
+            level = steps[step].level if steps[step].level != "auto" else "track" if "tracklet" in steps else "image"
+            value = steps[step].resolved(level)[("k1", "k2", "lambda_value").index(param)]
         inside = (dim.values is not None and value in dim.values) if dim.type == "choice" else \
             dim.type == "switch" or (dim.low <= value <= dim.high)
         if not inside:
