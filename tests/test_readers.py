@@ -76,6 +76,13 @@ def test_aic_2020_track_ids(tmp_path):
     assert split_table(m, "query").column("camid").to_pylist() == [-1, -1]
 
 
+def test_aic_track_listing_an_unknown_image_fails(tmp_path):
+    root = make_aic(tmp_path)
+    (root / "test_track.txt").write_text("000001.jpg 000003.jpg\n000002.jpg 000009.jpg\n")
+    with pytest.raises(ManifestError, match=r"test_track.txt:2: track lists image '000009.jpg', which is not in"):
+        load_manifest(root, "aic")
+
+
 def test_veri776(tmp_path):
     names = {"image_train": ["0001_c001_00016450_0.jpg", "0001_c002_00016460_1.jpg"],
              "image_query": ["0002_c003_00076640_0.jpg"],

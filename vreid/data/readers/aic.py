@@ -52,7 +52,7 @@ def read_label_items(path: Path, attributes: bool) -> dict[str, dict[str, Any]]:
 def _track_map(root: Path, stem: str, names: list[str]) -> dict[str, int]:
     t2021, t2020 = root / f"{stem}_track.txt", root / f"{stem}_track_id.txt"
     if t2021.is_file():
-        return read_tracks(t2021)
+        return read_tracks(t2021, known=set(names))
     if t2020.is_file():
         by_number = {str(int(Path(n).stem)): n for n in names if Path(n).stem.isdigit()}
         return read_tracks(t2020, name_of=by_number)

@@ -102,11 +102,12 @@ def require_dir(path: Path) -> Path:
     return path
 
 
-def read_tracks(path: Path, name_of: dict[str, str] | None = None) -> dict[str, int]:
+def read_tracks(path: Path, name_of: dict[str, str] | None = None, known: set[str] | None = None) -> dict[str, int]:
     """Track files → {image name: track index (line number, 0-based)}.
 
     2021 layout (``*_track.txt``): image names separated by spaces. 2020 layout
     (``*_track_id.txt``): integer image numbers, mapped through ``name_of`` (number → name).
+    With ``known`` (the split's image names) a track listing any other image is an error.
     """
     if not path.is_file():
         raise ManifestError(f"{path}: track file not found")
@@ -125,6 +126,9 @@ def read_tracks(path: Path, name_of: dict[str, str] | None = None) -> dict[str, 
                 name = name_of.get(str(int(tok)), "")
                 if not name:
                     raise ManifestError(f"{path}:{lineno}: image number {tok} is not in the image list")
+            if known is not None and name not in known:
+                raise ManifestError(f"{path}:{lineno}: track lists image '{name}', which is not in the split's "
+                                    "image list")
             if name in tracks:
                 raise ManifestError(f"{path}:{lineno}: image '{name}' is already in another track")
             tracks[name] = track
