@@ -75,7 +75,10 @@ def load_inputs(cfg: RunConfig, manifest: pa.Table, store_set: str = "test") -> 
         weights[m.name] = m.weight
         if "class_ids" in meta:
             classes[m.name] = meta["class_ids"]
-    return PostprocessInputs(query=_side(split_table(table, "query")), gallery=_side(split_table(table, "gallery")),
+    query = _side(split_table(table, "query"))
+    if store_set == "val":  # queries drawn from training tracks: one-image items, as AI City test queries
+        query.trackids = np.full(len(query.trackids), -1, np.int64)
+    return PostprocessInputs(query=query, gallery=_side(split_table(table, "gallery")),
                              features=features, extras=extras, tasks=tasks, weights=weights,
                              camera_classes=classes, gallery_left_out=left_out["gallery"][1].astype(np.int64),
                              num_gallery_official=left_out["gallery"][2], num_query_official=left_out["query"][2])
