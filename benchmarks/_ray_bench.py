@@ -1,5 +1,5 @@
-"""What the Ray benchmarks (extract, train, tune) share: the process setup Ray reads at import,
-one local Ray instance the size of this machine, and the JSON line each of them ends with.
+"""What the benchmarks share: the process setup Ray reads at import, one local Ray instance the
+size of this machine, best-of-N timing, and the JSON line each of them ends with.
 
 Imported by the scripts as ``_ray_bench`` (their own directory is first on ``sys.path``); the
 leading underscore keeps ``make bench`` from running it.
@@ -32,6 +32,18 @@ def start_ray(match_niceness: bool) -> int:
 
     ray.init(num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False, configure_logging=False)
     return os.nice(max(0, RAY_WORKER_NICENESS - os.nice(0))) if match_niceness else os.nice(0)
+
+
+def best_of(fn, repeats: int) -> tuple[float, object]:
+    """The best wall time of ``repeats`` calls of ``fn`` and the last call's result."""
+    import time
+
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
 
 
 def emit(result: dict[str, Any]) -> dict[str, Any]:

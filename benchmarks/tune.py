@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _ray_bench import emit, start_ray  # sets Ray's environment before Ray is imported
+from _ray_bench import best_of, emit, start_ray  # sets Ray's environment before Ray is imported
 
 BASE = {"name": "final", "ensemble": {"attribute_model": "m"}, "top_k": 100,
         "steps": [{"step": "camera_bias", "method": "mean"},
@@ -116,15 +116,6 @@ def make_inputs(n_query: int, n_gallery: int, dim: int, cams: int, seed: int = 0
                              extras={"m": {"color_prob": (color[is_q], color[~is_q]),
                                            "type_prob": (vtype[is_q], vtype[~is_q])}},
                              tasks={"m": "reid"}, weights={"m": 1.0})
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main(argv=None) -> dict:

@@ -293,3 +293,20 @@ def test_bad_graph_and_distance_fn(feats):
         k_reciprocal_rerank_distances(lambda r: np.full((len(r), Q + G), np.nan), Q, G, 5, 2, 0.3)
     with pytest.raises(ValueError, match="KNNGraph"):
         KNNGraph(np.zeros((4, 3), int), np.zeros((4, 2), np.float32), np.zeros(4))
+
+
+@pytest.mark.parametrize("copies", [1, 5, 30])
+def test_knn_graph_tracks_of_duplicates_equal_brute_force(copies):
+    """Images sharing their track's feature (image-level tracklet fusion, beta 0): the graph is
+    the brute-force one under the key (distance, j != i, j), for any track length."""
+    rng = np.random.default_rng(copies)
+    tracks = rng.normal(size=(12, 6)).astype(np.float32)
+    x = np.concatenate([tracks[rng.integers(0, 12, 20)], np.repeat(tracks, copies, axis=0)])
+    k = 15
+    g = knn_graph(x, k)
+    d = cdist(x.astype(np.float64), x.astype(np.float64), "sqeuclidean")
+    j = np.arange(len(x))
+    want = np.array([np.lexsort((j, j != i, d[i]))[: k + 1] for i in range(len(x))])
+    np.testing.assert_array_equal(g.indices, want)
+    np.testing.assert_allclose(g.distances, np.take_along_axis(d, want, 1), atol=1e-6)
+    np.testing.assert_allclose(g.row_max, d.max(1), atol=1e-6)

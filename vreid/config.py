@@ -248,94 +248,19 @@ class TrackingConfig(StrictModel):
     timeout_s: float = Field(5.0, gt=0, description="per request; a server that does not answer is given up on")
 
 
-class CameraBiasStep(StrictModel):
-    """Camera-bias removal / inter-camera fusion (003)."""
+def _step_union():
+    """The ``postprocess.steps`` item type: the config models of the registered steps
+    (:mod:`vreid.postprocess.steps`, one module per step), told apart by their ``step`` tag."""
+    from functools import reduce
+    from operator import or_
 
-    step: Literal["camera_bias"] = "camera_bias"
-    method: Literal["mean", "whitening"] = Field("mean", description="003 paper: mean; released code: whitening")
-    alpha: float = Field(1.0, ge=0, le=1, description="f <- f - alpha * mean_c(f) (003)")
-    la: float = Field(0.18, gt=0, description="whitening ridge P_c = (X_c'X_c + n_c la I)^-1 (003 code: 0.18)")
+    from vreid.postprocess.registry import load_steps
 
-
-class TrackletStep(StrictModel):
-    """Tracklet features and image-to-track ranking (001/003)."""
-
-    step: Literal["tracklet"] = "tracklet"
-    method: Literal["wf", "af"] = Field("wf", description="weighted (003) or average (001) track features")
-    threshold: float = Field(0.6, gt=0, description="WF query selection on squared distance (003 code 0.6, paper 0.2)")
-    eps: float = Field(0.01, gt=0, description="WF weight W_j = 1/(A_j + eps) (003)")
-    beta: float = Field(0.0, ge=0, le=1, description="fused f = beta f + (1-beta) t (003 UDA: 0.0005); 0 = track only")
+    steps = load_steps()
+    return Annotated[reduce(or_, [s.config for s in steps]), Field(discriminator="step")], steps.names()
 
 
-class QueryGroupingStep(StrictModel):
-    """Queries closer than theta are grouped and represented by the group mean (000)."""
-
-    step: Literal["query_grouping"] = "query_grouping"
-    theta: float = Field(0.3, gt=0, description="squared-distance threshold (000: tuned)")
-
-
-class QueryExpansionStep(StrictModel):
-    """DBSCAN query expansion (002): clustered queries replaced by their cluster mean."""
-
-    step: Literal["query_expansion"] = "query_expansion"
-    eps: float = Field(0.3, gt=0, description="DBSCAN radius on squared distance (002: tuned)")
-    min_samples: int = Field(2, ge=1)
-
-
-class RerankStep(StrictModel):
-    """k-reciprocal re-ranking (Zhong et al. 2017; 003 image level code: k1=50, k2=15)."""
-
-    step: Literal["rerank"] = "rerank"
-    k1: int = Field(20, ge=1, description="Zhong et al.: 20")
-    k2: int = Field(6, ge=1, description="Zhong et al.: 6")
-    lambda_value: float = Field(0.3, ge=0, le=1, description="Zhong et al.: 0.3")
-
-
-class BiasFusionStep(StrictModel):
-    """Camera and orientation bias: D = D_r - l1 D_c - l2 D_o (003)."""
-
-    step: Literal["bias_fusion"] = "bias_fusion"
-    lambda_camera: float = Field(0.1, ge=0, description="003: 0.1")
-    lambda_orientation: float = Field(0.05, ge=0, description="003: 0.05")
-
-
-class AttributeConstraintStep(StrictModel):
-    """d + delta_t if predicted types differ, + delta_c if colours differ (000 eq. 6)."""
-
-    step: Literal["attribute_constraint"] = "attribute_constraint"
-    delta_type: float = Field(0.1, ge=0, description="000: tuned")
-    delta_color: float = Field(0.1, ge=0, description="000: tuned")
-
-
-class CameraVerificationStep(StrictModel):
-    """Same-camera gallery images pushed back (002/003; code: +10)."""
-
-    step: Literal["camera_verification"] = "camera_verification"
-    penalty: float = Field(10.0, ge=0, description="003 code: 10")
-    predicted: bool = Field(False, description="camera ids from the camera model instead of labels")
-
-
-class TemporalFilterStep(StrictModel):
-    """Drop gallery images whose timestamp differs from the query's by more than tau (002)."""
-
-    step: Literal["temporal_filter"] = "temporal_filter"
-    tau: float = Field(3600.0, gt=0, description="seconds (002: dataset dependent)")
-
-
-class GroupRerankStep(StrictModel):
-    """After ranking, insert the rest of a matched image's tracklet right after it (000)."""
-
-    step: Literal["group_rerank"] = "group_rerank"
-    theta: float = Field(0.5, gt=0, description="squared-distance threshold of a match (000: tuned)")
-
-
-PostprocessStep = Annotated[
-    CameraBiasStep | TrackletStep | QueryGroupingStep | QueryExpansionStep | RerankStep | BiasFusionStep
-    | AttributeConstraintStep | CameraVerificationStep | TemporalFilterStep | GroupRerankStep,
-    Field(discriminator="step"),
-]
-STEP_NAMES = ("camera_bias", "tracklet", "query_grouping", "query_expansion", "rerank", "bias_fusion",
-              "attribute_constraint", "camera_verification", "temporal_filter", "group_rerank")
+PostprocessStep, STEP_NAMES = _step_union()
 
 
 class EnsembleConfig(StrictModel):
@@ -343,7 +268,8 @@ class EnsembleConfig(StrictModel):
 
     models: list[str] | None = Field(None, description="identity models (null: every reid-task model)")
     weights: dict[str, float] = Field(default_factory=dict, description="override each model's weight")
-    divide_by_sqrt_n: bool = Field(False, description="002 code: each part / sqrt(n_models)")
+    divide_by_sqrt_n: bool = Field(False, description="002 code: each part / sqrt(n_models), the concatenation "
+                                                      "not re-normalised (false: L2-normalised)")
     camera_model: str | None = None
     orientation_model: str | None = None
     attribute_model: str | None = Field(None, description="store with color_prob / type_prob")

@@ -21,6 +21,7 @@ from vreid.data import split_table
 from vreid.features.store import StoreError, load_features, redact, store_uri, without_skipped
 from vreid.models.trained import read_trained_meta
 from vreid.postprocess.pipeline import (
+    PostprocessError,
     PostprocessInputs,
     PostprocessResult,
     Side,
@@ -41,12 +42,25 @@ def _side(rows: pa.Table) -> Side:
 
 def load_inputs(cfg: RunConfig, manifest: pa.Table, store_set: str = "test") -> PostprocessInputs:
     """Read every model's store for query and gallery, validated against the manifest and the
-    trained model's checkpoint digest; images a store skipped as unreadable are left out."""
+    trained model's checkpoint digest; images a store skipped as unreadable are left out: a
+    gallery image is then ranked last in ``track2.txt``, a test query fails here, naming it (a
+    submission ranks every query of the official list)."""
     from vreid.train.launcher import training_manifest
 
     uris = {m.name: store_uri(cfg.store_root, m.name, store_set) for m in cfg.models}
-    table, skipped = without_skipped(training_manifest(cfg, manifest) if store_set == "val" else manifest,
-                                     list(uris.values()))
+    full = training_manifest(cfg, manifest) if store_set == "val" else manifest
+    table, skipped = without_skipped(full, list(uris.values()))
+    gone = {s["image_id"] for s in skipped}
+    left_out = {}
+    for split in ("query", "gallery"):
+        rows = split_table(full, split)
+        mask = np.isin(np.asarray(rows.column("image_id").to_pylist(), dtype=object), list(gone))
+        left_out[split] = (rows.column("image_id").to_numpy(zero_copy_only=False)[mask],
+                           rows.column("order").to_numpy()[mask], rows.num_rows)
+    if store_set == "test" and len(left_out["query"][0]):
+        raise PostprocessError(f"query images {left_out['query'][0][:10].tolist()} were left out as unreadable "
+                               "(data.on_bad_image: skip), but track2.txt must rank every query of the official "
+                               "list: replace or repair them and extract again")
     for s in skipped:
         log.warning("image %s left out: skipped at extraction (%s)", s["image_id"], s["reason"])
     features, extras, tasks, weights, classes = {}, {}, {}, {}, {}
@@ -65,9 +79,13 @@ def load_inputs(cfg: RunConfig, manifest: pa.Table, store_set: str = "test") -> 
         weights[m.name] = m.weight
         if "class_ids" in meta:
             classes[m.name] = meta["class_ids"]
-    return PostprocessInputs(query=_side(split_table(table, "query")), gallery=_side(split_table(table, "gallery")),
+    query = _side(split_table(table, "query"))
+    if store_set == "val":  # queries drawn from training tracks: one-image items, as AI City test queries
+        query.trackids = np.full(len(query.trackids), -1, np.int64)
+    return PostprocessInputs(query=query, gallery=_side(split_table(table, "gallery")),
                              features=features, extras=extras, tasks=tasks, weights=weights,
-                             camera_classes=classes)
+                             camera_classes=classes, gallery_left_out=left_out["gallery"][1].astype(np.int64),
+                             num_gallery_official=left_out["gallery"][2], num_query_official=left_out["query"][2])
 
 
 def write_results(inputs: PostprocessInputs, result: PostprocessResult, out_dir: str | Path,
@@ -89,8 +107,8 @@ def write_results(inputs: PostprocessInputs, result: PostprocessResult, out_dir:
         "distances": pa.array(list(result.distances.astype(np.float32)), pa.list_(pa.float32())),
     })
     pq.write_table(table, tmp / "rankings.parquet")
-    order = np.argsort(inputs.query.orders, kind="stable")
-    write_submission(g.orders[result.indices][order], tmp / "track2.txt", num_gallery=len(g.orders))
+    rows, num_gallery = submission_rows(inputs, result)
+    write_submission(rows, tmp / "track2.txt", num_gallery=num_gallery)
     metrics = {"name": config.name, "ablation": result.ablation, "final": result.final}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (tmp / "postprocess.json").write_text(config.model_dump_json(indent=1))
@@ -98,6 +116,25 @@ def write_results(inputs: PostprocessInputs, result: PostprocessResult, out_dir:
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def submission_rows(inputs: PostprocessInputs, result: PostprocessResult) -> tuple[np.ndarray, int]:
+    """The rows of ``track2.txt`` and the official gallery size: one row per official query in
+    official order, gallery ``order`` values (indices into the official gallery list), images
+    left out as unreadable ranked last."""
+    q, g = inputs.query, inputs.gallery
+    num_q = inputs.num_query_official if inputs.num_query_official is not None else len(q.orders)
+    num_g = inputs.num_gallery_official if inputs.num_gallery_official is not None else len(g.orders)
+    order = np.argsort(q.orders, kind="stable")
+    if not np.array_equal(q.orders[order], np.arange(num_q)):
+        raise PostprocessError(f"the queries' official orders are not 0..{num_q - 1} (missing: "
+                               f"{np.setdiff1d(np.arange(num_q), q.orders)[:10].tolist()}): a submission ranks "
+                               "every query of the official list")
+    rows = g.orders[result.indices][order].astype(np.int64)
+    left = np.sort(inputs.gallery_left_out)
+    if rows.shape[1] < min(100, num_g) and len(left):
+        rows = np.hstack([rows, np.broadcast_to(left, (len(rows), len(left)))])
+    return rows, num_g
 
 
 class PostprocessActor:

@@ -95,8 +95,8 @@ def remove_camera_mean(
     x, rx, cams, ref_code, pos = _reference(features, camids, ref_features, ref_camids)
     if x.shape[0] == 0:
         return np.zeros(x.shape, dtype=np.float32)
-    means = _camera_means(rx, ref_code, len(cams))
-    return l2_normalize(x.astype(np.float64) - alpha * means[pos])
+    means = (alpha * _camera_means(rx, ref_code, len(cams))).astype(np.float32)
+    return l2_normalize(x - means[pos])  # float32: the features' own precision, no (N, dim) float64 copy
 
 
 def camera_whitening(

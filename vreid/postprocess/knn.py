@@ -12,8 +12,9 @@ Exactness. Candidates (k+1+slack per row) come from the float32 products; each c
 distance is then recomputed in float64 (float32 products are exact in float64, |error| ~1e-15)
 and the neighbours are chosen on the recomputed values. A rigorous bound ``err`` on the float32
 error (Higham, |fl(x.y) - x.y| <= gamma_d |x||y|) proves that the candidates hold every true
-neighbour; rows where it cannot (e.g. more exact duplicates than candidates) are redone with
-every point within ``v + err``. The result therefore does not depend on the backend, the tile
+neighbour; rows where it cannot are redone with every point within ``v + err``. Exact duplicate
+rows (e.g. gallery images sharing their track's feature) are one point each: the graph of the
+distinct values is expanded to their copies, so no row falls back because of them. The result therefore does not depend on the backend, the tile
 size or BLAS. Ties are broken deterministically by the key ``(distance, j != i, j)``: self first
 among equal distances, then lower index.
 """
@@ -435,6 +436,12 @@ def knn_graph(
         raise ValueError(f"knn_graph: k={k} must be an integer in [0, N-1] = [0, {n - 1}]")
     if slack < 0:
         raise ValueError(f"knn_graph: slack={slack} must be >= 0")
+    rows = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+    _, first, inv, counts = np.unique(rows, return_index=True, return_inverse=True, return_counts=True)
+    if len(first) < n:  # exact duplicates (e.g. images sharing their track's feature): one point each
+        unique = knn_graph(x[first], min(int(k), len(first) - 1), backend=backend, device=device,
+                           chunk_size=chunk_size, slack=slack)
+        return _with_duplicates(unique, inv.ravel(), counts, int(k) + 1)
     backend, device = resolve_backend(backend, device)
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"knn_graph: chunk_size={chunk_size} must be >= 1")
@@ -496,6 +503,37 @@ def knn_graph(
         indices[r], distances[r] = i2[0], d2[0]
     row_max = exact_pair_sqdist(x, rows, amax, sq)
     return KNNGraph(indices, distances.astype(np.float32), row_max)
+
+
+def _with_duplicates(unique: KNNGraph, inv: np.ndarray, counts: np.ndarray, kk: int) -> KNNGraph:
+    """The graph of N points from the graph of their U distinct values: each distinct neighbour
+    stands for all its copies (distance 0 among copies), ordered by the key (distance, j != i, j).
+    No row needs the exactness fallback, whatever the number of copies."""
+    n = len(inv)
+    members = np.argsort(inv, kind="stable")  # original indices grouped by distinct value, ascending
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    nb, nd = unique.indices, unique.distances
+    lens = counts[nb].ravel()
+    flat_u = np.repeat(np.repeat(np.arange(unique.n), nb.shape[1]), lens)
+    flat_d = np.repeat(nd.ravel(), lens)
+    off = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    flat_j = members[np.repeat(starts[nb.ravel()], lens) + off]
+    o = np.lexsort((flat_j, flat_d, flat_u))
+    flat_u, flat_d, flat_j = flat_u[o], flat_d[o], flat_j[o]
+    width = min(kk + 1, n)
+    rank = np.arange(len(flat_u)) - np.searchsorted(flat_u, flat_u)
+    keep = rank < width
+    cand = np.full((unique.n, width), -1, np.int64)
+    cval = np.full((unique.n, width), np.inf, np.float32)
+    cand[flat_u[keep], rank[keep]] = flat_j[keep]
+    cval[flat_u[keep], rank[keep]] = flat_d[keep]
+    rows = np.arange(n)
+    c, v = cand[inv], cval[inv]
+    other = (c != rows[:, None]) & (c >= 0)
+    pick = np.argsort(~other, axis=1, kind="stable")[:, : kk - 1]  # first kk-1 others, key order kept
+    indices = np.hstack([rows[:, None], np.take_along_axis(c, pick, 1)])
+    distances = np.hstack([np.zeros((n, 1), np.float32), np.take_along_axis(v, pick, 1)])
+    return KNNGraph(indices, distances, unique.row_max[inv])
 
 
 def knn_graph_from_blocks(

@@ -5,6 +5,9 @@
   here: groups are the connected components of the sparse radius graph "distance < θ".
 * Seed 002 §IV "Query Expansion": DBSCAN on the query features; a query in a cluster is
   replaced by the mean feature of its cluster, noise queries are left as they are.
+* Average query expansion (fast-reid ``aqe``, after Chum et al. 2007): every query *and*
+  gallery item replaced by the mean of its qe_k nearest items (itself included), each weighted
+  by its cosine similarity to the power alpha; neighbours from the shared k-NN graph.
 
 Thresholds follow the package convention: ``theta`` and ``eps`` are on *squared* Euclidean
 distance between (L2-normalised) query features, the same scale as every distance block in
@@ -23,7 +26,7 @@ from sklearn.neighbors import radius_neighbors_graph
 from vreid.postprocess.checks import as_features
 from vreid.postprocess.ensemble import l2_normalize
 
-__all__ = ["group_queries", "dbscan_query_expansion"]
+__all__ = ["group_queries", "dbscan_query_expansion", "average_query_expansion"]
 
 # The sklearn radius search is widened by this relative margin, then the exact squared
 # distance decides, so that pairs right at the threshold are not lost to rounding.
@@ -117,3 +120,26 @@ def dbscan_query_expansion(
     labels = DBSCAN(eps=eps, min_samples=int(min_samples), metric="precomputed").fit_predict(graph)
     labels = labels.astype(np.int64)
     return labels, _cluster_means(x, labels, normalize)
+
+
+def average_query_expansion(features, neighbours, alpha: float = 3.0) -> np.ndarray:
+    """One round of fast-reid's ``aqe``: f_i <- mean over j in N(i) of cos(f_i, f_j)^alpha f_j.
+
+    ``neighbours`` (N, qe_k) holds the qe_k nearest items of every row, itself included (the
+    first columns of a :class:`~vreid.postprocess.knn.KNNGraph`; on unit features these are
+    fast-reid's cosine neighbours). fast-reid then compares the results by cosine: they are
+    returned L2-normalised, float32 (N, dim).
+    """
+    x = as_features("features", features).astype(np.float64)
+    nb = np.asarray(neighbours, dtype=np.int64)
+    if nb.ndim != 2 or nb.shape[0] != x.shape[0] or nb.shape[1] < 1:
+        raise ValueError(f"neighbours must be (N={x.shape[0]}, qe_k >= 1), got shape {nb.shape}")
+    if not np.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    norms = np.maximum(np.linalg.norm(x, axis=1), 1e-12)
+    out = np.zeros_like(x)
+    for a in range(nb.shape[1]):  # one neighbour rank at a time: memory O(N dim)
+        xj = x[nb[:, a]]
+        cos = np.einsum("nd,nd->n", x, xj) / (norms * norms[nb[:, a]])
+        out += np.power(cos, alpha)[:, None] * xj
+    return l2_normalize(out / nb.shape[1])

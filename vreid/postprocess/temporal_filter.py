@@ -22,8 +22,13 @@ def temporal_filter(
     g_timestamps,
     tau: float,  # seed 002: interval τ, dataset dependent, no paper value
     penalty: float | None = None,
+    *,
+    g_end=None,
 ) -> np.ndarray:
     """Seed 002: push gallery images with |t_q − t_g| > τ behind all others.
+
+    With ``g_end`` each gallery item spans [g_timestamps, g_end] (a track's first and last
+    frame): it is pushed back when the query's time lies more than τ outside that span.
 
     ``penalty`` is added to those pairs; None (default) uses (max − min of the finite
     distances) + 1, just enough to rank them after every kept image while keeping their
@@ -37,6 +42,8 @@ def temporal_filter(
     tg = as_per_image(
         "g_timestamps", g_timestamps, num_g, "gallery image", what="timestamp", kind="float"
     )
+    te = tg if g_end is None else as_per_image("g_end", g_end, num_g, "gallery item", what="timestamp",
+                                                kind="float")
     if np.isnan(tau) or tau < 0:
         raise ValueError(f"tau must be a number >= 0 (np.inf disables the filter), got {tau!r}")
     if penalty is not None and (np.isnan(penalty) or penalty < 0):
@@ -49,6 +56,6 @@ def temporal_filter(
         penalty = float(finite.max() - finite.min()) + 1.0 if finite.size else 1.0
     # NaN timestamps give a NaN gap, and NaN > tau is False: unknown times are never filtered.
     with np.errstate(invalid="ignore"):
-        far = np.abs(tq[:, None] - tg[None, :]) > tau
+        far = np.maximum(tg[None, :] - tq[:, None], tq[:, None] - te[None, :]) > tau
     out[far] += out.dtype.type(penalty)
     return out

@@ -91,7 +91,11 @@ def param_space(space: dict[str, SearchDimension]) -> dict[str, Any]:
 
 def largest_k(base: PostprocessConfig, space: dict[str, SearchDimension]) -> int:
     """k of the shared k-NN graph: the largest k1 (and k2 - 1) any trial can ask for."""
-    ks = [max(s.k1, s.k2 - 1) for s in base.steps if s.step == "rerank"]
+    from vreid.postprocess.steps.rerank import LEVEL_DEFAULTS
+
+    # unset k1 / k2 take their level's default; the level itself may be a dimension: take the largest
+    ks = [max(s.resolved(lv)[0], s.resolved(lv)[1] - 1) for s in base.steps if s.step == "rerank"
+          for lv in LEVEL_DEFAULTS]
     k1 = space.get("rerank.k1")
     k2 = space.get("rerank.k2")
     if k1 is not None:
@@ -102,14 +106,18 @@ def largest_k(base: PostprocessConfig, space: dict[str, SearchDimension]) -> int
 
 
 def shared_cache(inputs: PostprocessInputs, base: PostprocessConfig, space: dict[str, SearchDimension]) -> dict:
-    """Feature states and k-NN graphs for every on/off combination of switched feature steps."""
+    """Feature states and k-NN graphs for every on/off combination of switched feature steps
+    (and every re-ranking level, when ``rerank.level`` is a dimension)."""
     switches = [k for k, d in space.items() if d.type == "switch" and k in FEATURE_STEPS]
+    level = space.get("rerank.level")
+    levels = [{"rerank.level": v} for v in level.values] if level is not None and level.values else [{}]
     k = largest_k(base, space)
     cache: dict = {}
     for combo in itertools.product([True, False], repeat=len(switches)):
-        cfg = apply_params(base, dict(zip(switches, combo)))
-        if k:
-            prepare_cache(inputs, cfg, cache, k)
+        for lv in levels:
+            cfg = apply_params(base, {**dict(zip(switches, combo)), **lv})
+            if k:
+                prepare_cache(inputs, cfg, cache, k)
     return cache
 
 
@@ -130,6 +138,9 @@ def default_point(base: PostprocessConfig, space: dict[str, SearchDimension]) ->
     for key, dim in space.items():
         step, _, param = key.partition(".")
         value = getattr(steps[step], param) if param else True
+        if value is None and step == "rerank":  # unset k1 / k2 / lambda: the level's default
+            level = steps[step].level if steps[step].level != "auto" else "track" if "tracklet" in steps else "image"
+            value = steps[step].resolved(level)[("k1", "k2", "lambda_value").index(param)]
         inside = (dim.values is not None and value in dim.values) if dim.type == "choice" else \
             dim.type == "switch" or (dim.low <= value <= dim.high)
         if not inside:
