@@ -101,10 +101,14 @@ run_sweep(RunConfig.model_validate_json(open(sys.argv[1]).read()), pickle.load(o
 
 def _finished_on_record(exp: Path) -> int:
     """Trials the sweep's saved experiment state (what Tuner.restore reads) lists as finished."""
-    states = list(exp.glob("experiment_state-*.json"))
+    states = sorted(exp.glob("experiment_state-*.json"))  # the name carries the driver's start time
     if not states:
         return 0
-    return sum(json.loads(t[0])["status"] == "TERMINATED" for t in json.loads(states[0].read_text())["trial_data"])
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"]
+    except (json.JSONDecodeError, KeyError):  # the driver is rewriting it in place: not yet on record
+        return 0
+    return sum(json.loads(t[0])["status"] == "TERMINATED" for t in trials)
 
 
 def test_restore_after_interrupted_sweep(tmp_path, ray_session):
