@@ -26,7 +26,8 @@ BASE = {"ensemble": {"attribute_model": "m"},
 SPACE = {"rerank.k1": {"type": "int", "low": 3, "high": 24}, "rerank.k2": {"type": "int", "low": 1, "high": 4},
          "rerank.lambda_value": {"type": "float", "low": 0.1, "high": 0.9},
          "attribute_constraint.delta_color": {"type": "float", "low": 0.0, "high": 1.0},
-         "camera_bias": {"type": "switch"}}
+         "camera_bias": {"type": "switch"},
+         "rerank.level": {"type": "choice", "values": ["auto", "image"]}}  # strings: the plot's str dtype
 
 
 def _cfg(tmp_path, **tune):

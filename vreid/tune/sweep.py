@@ -178,12 +178,14 @@ def plot_scores(df, keys: list[str], metric: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     cols = [f"config/{k}" for k in keys]
     n = max(1, len(cols))
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
     for ax, col, key in zip(axes[0], cols, keys):
-        x = df[col].astype(float) if df[col].dtype != object else df[col].astype(str)
+        # a choice of strings (e.g. rerank.level) is pandas' str dtype, not object, from pandas 3 on
+        x = df[col].astype(float) if pd.api.types.is_numeric_dtype(df[col]) else df[col].astype(str)
         ax.scatter(x, df[metric], s=14, alpha=0.7)
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
