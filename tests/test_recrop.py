@@ -167,6 +167,12 @@ def test_stage_writes_a_readable_cropped_copy_and_a_rerun_skips(tmp_path, tiny_c
     both = add_crop_copy(training, crop, crop_root)
     train_n = pc.sum(pc.equal(training.column("split"), "train")).as_py()
     assert pc.sum(pc.equal(both.column("domain"), "crop")).as_py() == train_n
+    crops = both.filter(pc.equal(both.column("domain"), "crop"))  # same identities, no held-out image
+    pid_of = dict(zip(training.column("image_id").to_pylist(), training.column("pid").to_pylist()))
+    split_of = dict(zip(training.column("image_id").to_pylist(), training.column("split").to_pylist()))
+    for image_id, pid in zip(crops.column("image_id").to_pylist(), crops.column("pid").to_pylist()):
+        rel = str(Path(image_id).relative_to(crop_root))
+        assert Path(image_id).is_file() and pid_of[rel] == pid and split_of[rel] == "train"
     stores = extract_features(cfg, tiny_manifest, ["test"])
     assert read_success(stores["bot"]["test"])["boxes"] == first["key"]
 
