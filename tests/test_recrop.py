@@ -72,6 +72,8 @@ def test_bad_threshold_and_spatial_map_are_errors():
         load_config(None, ["recrop.threshold_rule=range", "recrop.threshold=1.5"])
     with pytest.raises(ConfigError, match="recrop.enabled"):
         load_config(None, ["extract.tta=[original, heatmap_crop]"])
+    with pytest.raises(ConfigError, match="on-disk layout"):
+        load_config("configs/tiny.yaml", ["recrop.enabled=true", "data.format=manifest"])
 
 
 def test_heatmap_types_and_cam():

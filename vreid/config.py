@@ -438,6 +438,9 @@ class RunConfig(StrictModel):
                 raise ValueError(f"models {on_crop} train on domain 'crop' / extract.tta has {views}: both need the "
                                  "recrop stage (recrop.enabled: true)")
             return
+        if self.data.format == "manifest":
+            raise ValueError("recrop writes the cropped copy in the dataset's on-disk layout; data.format 'manifest' "
+                             "has none (use the dataset's own format)")
         if self.recrop.model not in names:
             raise ValueError(f"recrop.model {self.recrop.model!r} is not a model of this config (those are {names})")
         if self.recrop.model in on_crop:
