@@ -127,7 +127,10 @@ class StageConfig(StrictModel):
     gamma: float = Field(0.1, gt=0, le=1)
     p: int = Field(8, ge=2, description="identities per batch (000: 64; 003 code: 12)")
     k: int = Field(4, ge=1, description="images per identity (000: 4; 003 code: 8)")
-    domains: list[Literal["real", "synthetic"]] = Field(default_factory=lambda: ["real"])
+    domains: list[Literal["real", "synthetic", "crop"]] = Field(
+        default_factory=lambda: ["real"],
+        description="training domains; 'crop' is the heatmap re-cropped copy of the real training images "
+                    "(003 §3.1 CityFlow-V2-CROP: trains on original + cropped), made by the recrop stage")
     synthetic_ids: int | None = Field(
         None, ge=1, description="multi-domain learning (001): only the first N synthetic identities")
     freeze_stages: int = Field(0, ge=0, le=4, description="freeze stem + first N stages (001 fine-tune: 2)")
@@ -211,9 +214,11 @@ class ExtractConfig(StrictModel):
     num_gpus_per_actor: float = Field(0.0, ge=0)
     cpus_per_decode_task: float = Field(0.5, gt=0)
     batch_size: int = Field(64, ge=1)
-    tta: list[Literal["original", "flip", "crop", "crop_flip"]] = Field(
+    tta: list[Literal["original", "flip", "crop", "crop_flip", "heatmap_crop", "heatmap_crop_flip"]] = Field(
         default_factory=lambda: ["original", "flip", "crop", "crop_flip"],
-        description="views averaged before L2 normalisation (003: image, crop, both flipped)")
+        description="views averaged before L2 normalisation (003 §3.3: image, crop, both flipped); 'crop' is a "
+                    "fixed centre crop, 'heatmap_crop' the image's box from the recrop stage (003's four views: "
+                    "[original, flip, heatmap_crop, heatmap_crop_flip], which need recrop.enabled)")
     crop_ratio: float = Field(0.9, gt=0, le=1, description="centre crop of the 'crop' views")
     dtype: Literal["float32", "float16"] = "float32"
     store_root: str | None = Field(
@@ -356,6 +361,43 @@ class UDAConfig(StrictModel):
                                description="003: 3 epochs at constant lr 4e-4, classifier from centroids")
 
 
+class RecropConfig(StrictModel):
+    """Weakly supervised re-crop (003 §3.1 CityFlow-V2-CROP, after Zhu et al. [34]): the initial
+    model's heatmap gives each image a tighter vehicle box; the stage writes a cropped copy of the
+    dataset (training domain 'crop') and the boxes the 'heatmap_crop' TTA views use."""
+
+    enabled: bool = False
+    model: str | None = Field(None, description="the initial model (a model of `models` trained on no 'crop' "
+                                                "domain) whose last feature map gives the heatmaps")
+    heatmap: Literal["channel_sq_sum", "channel_mean", "cam"] = Field(
+        "channel_sq_sum", description="003: 'heatmap response' of the re-ID model, on test images too (so no "
+                                      "identity CAM); [34] code: sum over channels of the squared activations; "
+                                      "channel_mean: mean activation; cam: class activation map of the image's "
+                                      "identity (Zhou et al. 2016) where it is a training class, else channel_mean")
+    threshold_rule: Literal["mean", "range"] = Field(
+        "mean", description="on the heatmap normalised to [0, 1] by its range: 'mean' keeps pixels >= threshold x "
+                            "the map's mean ([34] code), 'range' pixels >= threshold")
+    threshold: float = Field(1.5, gt=0, description="[34] code (localize_from_map, threshold_ratio): 1.5 with rule "
+                                                    "'mean'; with rule 'range' a fraction in (0, 1); 003 gives none")
+    region: Literal["largest", "all"] = Field(
+        "largest", description="box of the largest connected region above the threshold, or of every pixel above "
+                               "it ([34] code)")
+    margin: float = Field(0.05, ge=0, le=0.5, description="box grown by this x its width / height on each side, "
+                                                          "then clipped (no value in 003 or [34]; chosen here)")
+    batch_size: int = Field(64, ge=1)
+    actors: int = Field(1, ge=1, description="model actors computing the boxes")
+    cpus_per_actor: float = Field(1.0, gt=0, description="leave a CPU free for the decode and write tasks")
+    cpus_per_task: float = Field(0.5, gt=0, description="decode and crop-writing tasks")
+    jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of the cropped images")
+
+    @model_validator(mode="after")
+    def _threshold(self) -> RecropConfig:
+        if self.threshold_rule == "range" and not self.threshold < 1:
+            raise ValueError(f"threshold {self.threshold} with threshold_rule 'range' must lie in (0, 1): a "
+                             "fraction of the heatmap's range")
+        return self
+
+
 class RunConfig(StrictModel):
     """The whole run. Later stages add their own sections."""
 
@@ -370,6 +412,7 @@ class RunConfig(StrictModel):
     postprocess: PostprocessConfig = PostprocessConfig()
     tune: TuneConfig = TuneConfig()
     uda: UDAConfig = UDAConfig()
+    recrop: RecropConfig = RecropConfig()
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
 
@@ -384,7 +427,25 @@ class RunConfig(StrictModel):
         unknown = sorted(set(self.uda.models or []) - set(reid)) if self.uda.enabled else []
         if unknown:
             raise ValueError(f"uda.models {unknown} are not reid-task models of this config (those are {reid})")
+        self._check_recrop(names)
         return self
+
+    def _check_recrop(self, names: list[str]) -> None:
+        on_crop = [m.name for m in self.models if any("crop" in s.domains for s in m.recipe)]
+        views = [v for v in self.extract.tta if v.startswith("heatmap_crop")]
+        if not self.recrop.enabled:
+            if on_crop or views:
+                raise ValueError(f"models {on_crop} train on domain 'crop' / extract.tta has {views}: both need the "
+                                 "recrop stage (recrop.enabled: true)")
+            return
+        if self.data.format == "manifest":
+            raise ValueError("recrop writes the cropped copy in the dataset's on-disk layout; data.format 'manifest' "
+                             "has none (use the dataset's own format)")
+        if self.recrop.model not in names:
+            raise ValueError(f"recrop.model {self.recrop.model!r} is not a model of this config (those are {names})")
+        if self.recrop.model in on_crop:
+            raise ValueError(f"recrop.model {self.recrop.model!r} trains on domain 'crop', which it makes; "
+                             "the initial model must train without it")
 
     @property
     def store_root(self) -> str:

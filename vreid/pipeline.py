@@ -1,4 +1,5 @@
-"""The flow of DESIGN.md as one function: synth -> train -> extract -> [UDA stage 2: pseudo-label,
+"""The flow of DESIGN.md as one function: synth -> train -> [recrop: boxes, cropped copy, models
+trained on it] -> extract -> [UDA stage 2: pseudo-label,
 fine-tune, extract] -> tune -> post-process -> report. Each stage skips work that is complete for
 the same config, so a rerun after a failure continues where it stopped; results of a complete
 run are replaced only atomically."""
@@ -112,6 +113,22 @@ def run_uda_stage(cfg: RunConfig, manifest, timings: dict[str, float]) -> RunCon
     return cfg2
 
 
+def run_recrop_stage(cfg: RunConfig, manifest, crop_models: list[str], timings: dict[str, float]) -> None:
+    """Re-crop (003 §3.1): boxes and the cropped copy from the initial model, then the models that
+    train on the copy (domain 'crop'), each on the training table plus the crops of its train rows."""
+    from vreid.data.domains import add_crop_copy
+    from vreid.recrop.stage import read_crop_copy, run_recrop
+    from vreid.train.launcher import require_trained, train_models, training_manifest
+
+    with _stage("recrop", timings):
+        run_recrop(cfg, manifest)
+    if crop_models:
+        with _stage("train_crop", timings):
+            table = add_crop_copy(training_manifest(cfg, manifest), *read_crop_copy(cfg))
+            require_trained(train_models(cfg, manifest, only=crop_models, tables={m: table for m in crop_models},
+                                         work="train_crop"))
+
+
 def store_sets(cfg: RunConfig) -> list[str]:
     """The test set's stores, and the validation set's when there is one (the Tune sweep's)."""
     return ["test", "val"] if cfg.data.validation.num_ids > 0 else ["test"]
@@ -152,8 +169,11 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         for skipped in skipped_images(manifest):
             log.warning("skipped image %s: %s", skipped["image_id"], skipped["reason"])
         log.info("dataset %s (%s):\n%s", cfg.data.root, cfg.data.format, dataset_summary(manifest))
+    crop_models = [m.name for m in cfg.models if any("crop" in st.domains for st in m.recipe)]
     with _stage("train", timings):
-        require_trained(train_models(cfg, manifest))
+        require_trained(train_models(cfg, manifest, only=[m.name for m in cfg.models if m.name not in crop_models]))
+    if cfg.recrop.enabled:
+        run_recrop_stage(cfg, manifest, crop_models, timings)
     tracker.log_models(run_dir, [m.name for m in cfg.models])
     validation = cfg.data.validation.num_ids > 0
     with _stage("extract", timings):

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from vreid.errors import InputError
 
 SPLITS = ("train", "query", "gallery")
-DOMAINS = ("real", "synthetic")
+DOMAINS = ("real", "synthetic", "crop")  # crop: the re-cropped copy (vreid.recrop, 003 §3.1)
 
 MANIFEST_SCHEMA = pa.schema(
     [

@@ -86,9 +86,10 @@ class FeatureExtractor:
         from vreid.features.tta import PROB_COLUMNS, tta_outputs
 
         images = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32)).to(self.device)
-        out = tta_outputs(self.model, images, self.views, self.crop_ratio)
+        boxes = torch.from_numpy(np.stack(batch["box"]).astype(np.float32)).to(self.device) if "box" in batch else None
+        out = tta_outputs(self.model, images, self.views, self.crop_ratio, boxes)
         cols = {k: pa.array(v.tolist(), pa.string()) if v.dtype == object else pa.array(v)
-                for k, v in batch.items() if k != "image"}
+                for k, v in batch.items() if k not in ("image", "box")}
         cols["feature"] = to_fixed_list(out["feature"].cpu().numpy(), self.dtype)
         for key in PROB_COLUMNS:
             if key in out:
@@ -98,21 +99,24 @@ class FeatureExtractor:
 
 
 def store_metadata(model_dir: Path, model_meta: dict[str, Any], ecfg, rows: int, dim: int,
-                   splits: list[str], skipped: list[dict[str, str]]) -> dict[str, Any]:
+                   splits: list[str], skipped: list[dict[str, str]], boxes_key: str | None = None) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "model": model_meta["name"],
             "task": model_meta["build_args"]["task"], "checkpoint_sha256": model_meta["sha256"],
             "dim": dim, "dtype": ecfg.dtype, "image_size": list(model_meta["build_args"]["input_size"]),
             "tta": list(ecfg.tta), "crop_ratio": ecfg.crop_ratio, "rows": rows, "skipped": skipped, "splits": splits,
+            "boxes": boxes_key,
             "model_dir": str(model_dir), "created": time.time()}
 
 
-def _is_complete(done: dict[str, Any] | None, meta: dict[str, Any], rows: pa.Table, ecfg, on_bad_image: str) -> bool:
-    """A store of this checkpoint, views and dtype for these rows (a store that skipped images
-    counts only while skipping is allowed)."""
+def _is_complete(done: dict[str, Any] | None, meta: dict[str, Any], rows: pa.Table, ecfg, on_bad_image: str,
+                 boxes_key: str | None = None) -> bool:
+    """A store of this checkpoint, views, dtype and re-crop boxes for these rows (a store that
+    skipped images counts only while skipping is allowed)."""
     return done is not None and done.get("checkpoint_sha256") == meta["sha256"] \
         and done.get("rows", 0) + len(done.get("skipped", [])) == rows.num_rows \
         and (on_bad_image == "skip" or not done.get("skipped")) \
-        and done.get("tta") == list(ecfg.tta) and done.get("dtype") == ecfg.dtype
+        and done.get("tta") == list(ecfg.tta) and done.get("dtype") == ecfg.dtype \
+        and done.get("boxes") == boxes_key
 
 
 def skipped_at_extraction(rows: pa.Table, written: pa.ChunkedArray, dataset_root: str | Path) -> list[dict[str, str]]:
@@ -158,23 +162,43 @@ class _StoreWrite:
             shutil.move(self.target, self.path)
 
 
+def with_boxes(ids: pa.Table, boxes: pa.Table) -> pa.Table:
+    """``ids`` with each image's ``box`` (in the same row order); an image without one fails."""
+    index = pc.index_in(ids.column("image_id"), value_set=boxes.column("image_id"))
+    missing = ids.column("image_id").filter(pc.is_null(index)).to_pylist()
+    if missing:
+        raise ValueError(f"the recrop boxes have no box for {len(missing)} image(s) to extract, e.g. {missing[:3]}; "
+                         "rerun the recrop stage on this dataset")
+    return ids.append_column("box", boxes.column("box").take(index))
+
+
 def _select_store(batch: pa.Table, index: int) -> pa.Table:
     return batch.filter(pc.equal(batch.column("store"), index)).drop_columns(["store"])
 
 
 def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_root: str | Path, ecfg,
-                   on_bad_image: str = "fail") -> dict[str, dict[str, Any]]:
+                   on_bad_image: str = "fail", boxes: tuple[str, pa.Table] | None = None) -> dict[str, dict[str, Any]]:
     """One model's features for several stores (uri -> manifest rows of some splits) in one Ray
     Data pass, so that the model actors start once. Stores already complete for this checkpoint
-    (and TTA views, dtype, row count) are skipped; returns uri -> the store's metadata."""
+    (and TTA views, dtype, row count, boxes) are skipped; returns uri -> the store's metadata.
+
+    ``boxes``: (key, table of ``image_id``, ``box``) from the recrop stage, which the
+    ``heatmap_crop`` views need."""
     import ray
+
+    from vreid.features.tta import BOX_VIEWS
+
+    box_views = [v for v in ecfg.tta if v in BOX_VIEWS]
+    if box_views and boxes is None:
+        raise ValueError(f"extract.tta views {box_views} need the boxes of the recrop stage (recrop.enabled: true)")
+    boxes_key = boxes[0] if box_views else None
 
     model_dir = Path(model_dir)
     meta = read_trained_meta(model_dir)
     out, todo = {}, []
     for uri, rows in stores.items():
         done = read_success(uri)
-        if _is_complete(done, meta, rows, ecfg, on_bad_image):
+        if _is_complete(done, meta, rows, ecfg, on_bad_image, boxes_key):
             log.info("store %s: complete for checkpoint %s, skipping", redact(uri), meta["sha256"][:12])
             out[uri] = done
         else:
@@ -185,6 +209,8 @@ def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_r
     use_gpu = ecfg.num_gpus_per_actor > 0
     ids = pa.concat_tables([rows.select(["image_id", "split"]).append_column(
         "store", pa.array(np.full(rows.num_rows, i, np.int32))) for i, (_, rows) in enumerate(todo)])
+    if boxes_key is not None:
+        ids = with_boxes(ids, boxes[1])
     # one block per batch, so decode tasks and model actors share the work without a shuffle
     ds = ray.data.from_arrow([ids.slice(i, ecfg.batch_size) for i in range(0, ids.num_rows, ecfg.batch_size)])
     ds = ds.map_batches(decode_batch, fn_kwargs={"root": str(dataset_root), "input_size": input_size},
@@ -211,7 +237,7 @@ def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_r
                 written, dim = pa.chunked_array([], pa.string()), None
             metas.append(store_metadata(model_dir, meta, ecfg, len(written), dim,
                                         sorted(pc.unique(rows.column("split")).to_pylist()),
-                                        skipped_at_extraction(rows, written, dataset_root)))
+                                        skipped_at_extraction(rows, written, dataset_root), boxes_key))
         bad = [f"{Path(dataset_root) / s['image_id']}: {s['reason']}" for m in metas for s in m["skipped"]]
         empty = [redact(w.uri) for (w, _), m in zip(todo, metas) if m["skipped"] and not m["rows"]]
         if bad and (on_bad_image == "fail" or empty):
@@ -258,6 +284,13 @@ def extract_features(cfg, manifest: pa.Table, store_sets: list[str],
         else:
             raise ValueError(f"unknown store set '{store_set}'; expected test or val")
         tables[store_set] = pa.concat_tables([split_table(table, s) for s in ("query", "gallery")])
+    from vreid.features.tta import BOX_VIEWS
+
+    boxes = None
+    if any(v in BOX_VIEWS for v in cfg.extract.tta):
+        from vreid.recrop.stage import read_boxes
+
+        boxes = read_boxes(cfg)
     out = {}
     for m in cfg.models:
         if models is not None and m.name not in models:
@@ -267,6 +300,6 @@ def extract_features(cfg, manifest: pa.Table, store_sets: list[str],
                  sum(t.num_rows for t in tables.values()), cfg.extract.actors, cfg.extract.cpus_per_actor,
                  cfg.extract.num_gpus_per_actor)
         extract_stores(Path(cfg.run_dir) / "models" / m.name, {uris[s]: tables[s] for s in store_sets},
-                       dataset_root(manifest), cfg.extract, cfg.data.on_bad_image)
+                       dataset_root(manifest), cfg.extract, cfg.data.on_bad_image, boxes)
         out[m.name] = uris
     return out

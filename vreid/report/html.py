@@ -146,6 +146,21 @@ def gallery_draws_section(result: dict[str, Any]) -> str:
             "<th>metric</th><th>mean</th><th>std</th><th>min</th><th>max</th></tr>" + rows + "</table>")
 
 
+def recrop_section(summary: dict[str, Any]) -> str:
+    """Re-crop (003 §3.1): heatmap boxes vs the fixed centre crop, IoU against the mask boxes."""
+    m = summary["metrics"]
+    rows = [{"split": k, "images": v["images"], "fallbacks (whole image)": v["fallbacks"],
+             "mean box area": round(v["mean_box_area"], 3), "with mask box": v["with_mask_box"],
+             "IoU heatmap box": "-" if v["iou_heatmap"] is None else round(v["iou_heatmap"], 3),
+             f"IoU centre crop {m['centre_crop_ratio']}": "-" if v["iou_centre_crop"] is None
+             else round(v["iou_centre_crop"], 3)} for k, v in m.items() if isinstance(v, dict)]
+    return (f"<h2>Re-crop (003 §3.1): boxes of model {html.escape(summary['model'])}</h2><p>cropped copy: "
+            f"<code>{html.escape(summary['root'])}</code></p><table><tr>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+            + "</table>")
+
+
 def write_report(run_dir: str | Path, manifest, results_name: str, config_yaml: str,
                  timings: dict[str, float]) -> Path:
     """Write ``<run>/report/report.html`` (+ PNGs) from what the run left on disk."""
@@ -189,6 +204,8 @@ def write_report(run_dir: str | Path, manifest, results_name: str, config_yaml: 
     if (run / "uda" / "summary.json").is_file():
         sections.append("<h2>UDA stage 2 (pseudo-labels)</h2>" +
                         uda_section(json.loads((run / "uda" / "summary.json").read_text())))
+    if (run / "recrop" / "summary.json").is_file():
+        sections.append(recrop_section(json.loads((run / "recrop" / "summary.json").read_text())))
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items())
     sections.append(f"<h2>Timings per stage</h2><table>{rows}</table>")
     sections.append(f"<h2>Configuration</h2><pre>{html.escape(config_yaml)}</pre>")
