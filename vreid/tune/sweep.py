@@ -215,7 +215,7 @@ def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig
     trainable = tune.with_resources(
         tune.with_parameters(_trial, inputs=inputs, cache=cache, base=base.model_dump(mode="json"),
                              metric=tcfg.metric),
-        {"cpu": tcfg.cpus_per_trial})
+        {"cpu": tcfg.cpus_per_trial, **tcfg.resources_per_trial})
     storage = str(Path(cfg.run_dir).resolve() / "tune")
     path = os.path.join(storage, tcfg.name)
     if tune.Tuner.can_restore(path):
@@ -229,7 +229,8 @@ def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig
                                         max_concurrent_trials=tcfg.max_concurrent_trials,
                                         time_budget_s=tcfg.time_budget_s,
                                         reuse_actors=True),  # one actor (and one copy of the inputs) per slot
-            run_config=tune.RunConfig(name=tcfg.name, storage_path=storage, verbose=0, callbacks=callbacks))
+            run_config=tune.RunConfig(name=tcfg.name, storage_path=storage, verbose=0, callbacks=callbacks,
+                                      failure_config=tune.FailureConfig(max_failures=tcfg.max_trial_failures)))
     log.info("tune: %d trials over %s, %d at a time, metric %s", tcfg.num_samples, sorted(tcfg.space),
              tcfg.max_concurrent_trials, tcfg.metric)
     results = tuner.fit()
