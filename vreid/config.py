@@ -326,8 +326,6 @@ class TuneConfig(StrictModel):
     cpus_per_trial: float = Field(0.5, gt=0)
     resources_per_trial: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources {name: amount} per trial, to pin it to nodes that carry them (ray start --resources)")
-    max_trial_failures: int = Field(
-        2, ge=0, description="Tune FailureConfig: times a trial is restarted when it dies (e.g. with its node)")
     space: dict[str, SearchDimension] = Field(
         default_factory=dict,
         description="'step.param' -> dimension (e.g. rerank.k1), or 'step' -> {type: switch} to turn a step on/off")
