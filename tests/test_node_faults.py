@@ -227,7 +227,7 @@ def test_extraction_completes_after_losing_an_actor_node(nodes, exported, tmp_pa
     cfg = load_config("configs/tiny.yaml", overrides)
     val = training_manifest(cfg, tiny_manifest)
     expected = {"test": tiny_manifest, "val": val}
-    batches = 0
+    rows: dict[str, int] = {}  # per model: one pass over its test + validation rows
     for key, uri in uris.items():
         store_set = key.split("/")[1]
         table = expected[store_set]
@@ -238,10 +238,12 @@ def test_extraction_completes_after_losing_an_actor_node(nodes, exported, tmp_pa
         assert read_success(uri)["rows"] == len(want)
         for split in ("query", "gallery"):
             load_features(uri, table, split)  # the readers' own validation
-        batches += -(-len(want) // cfg.extract.batch_size)
+        rows[key.split("/")[0]] = rows.get(key.split("/")[0], 0) + len(want)
     assert not list(run.rglob("*.tmp")), "a temporary store directory was left behind"
-    print(f"\nextraction: killed {lost} holding an actor; {1 + len(after)} batches reached actors for "
-          f"{batches} batches of rows (redone: {1 + len(after) - batches}); {driver.seconds:.0f} s")
+    batches = sum(-(-n // cfg.extract.batch_size) for n in rows.values())
+    # (Ray Data re-batches blocks for the actors: the count of batches is a figure, not an assertion)
+    print(f"\nextraction: killed {lost} holding an actor; {sum(rows.values())} rows in {len(uris)} stores, "
+          f"{1 + len(after)} batches reached actors (~{batches} batches of rows); {driver.seconds:.0f} s")
 
 
 @pytest.fixture(scope="module")
