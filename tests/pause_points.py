@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
+import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 from vreid.fault_points import ENV_VAR
 
@@ -36,6 +39,8 @@ class PausePoint:
         self.path = os.path.join(root or os.environ[ENV_VAR], name)
         self.server = socket.socket(socket.AF_UNIX)
         self.arrivals: list[Arrival] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "PausePoint":
         self.server.bind(self.path)
@@ -44,6 +49,9 @@ class PausePoint:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
         os.unlink(self.path)  # first, so that no one else connects
         self.server.close()  # connections not yet accepted are reset: those stages go on
         for arrival in self.arrivals:  # and the held ones are let go
@@ -81,3 +89,23 @@ class PausePoint:
             else:
                 held[slot] = arrival
         return held
+
+    def release_all_in_background(self, on_arrival: Callable[[dict], None] | None = None) -> list[dict]:
+        """From now on let every arrival go on at once, in a thread, until the ``with`` block ends;
+        returns the list of their details, appended as they arrive (``on_arrival`` may add to
+        them, e.g. the node of the process, while that process still waits)."""
+        seen: list[dict] = []
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                if not select.select([self.server], [], [], 0.2)[0]:
+                    continue
+                arrival = self.next()
+                if on_arrival is not None:
+                    on_arrival(arrival.info)
+                seen.append(arrival.info)
+                arrival.release()
+
+        self._thread = threading.Thread(target=loop, name=f"release {self.path}", daemon=True)
+        self._thread.start()
+        return seen

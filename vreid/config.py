@@ -146,6 +146,8 @@ class ScalingSection(StrictModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources {name: amount} per training worker, to pin it to nodes that carry them (ray start --resources)")
 
 
 class ModelConfig(StrictModel):
@@ -213,6 +215,8 @@ class ExtractConfig(StrictModel):
     cpus_per_actor: float = Field(1.0, gt=0, description="leave a CPU free for the decode tasks on small machines")
     num_gpus_per_actor: float = Field(0.0, ge=0)
     cpus_per_decode_task: float = Field(0.5, gt=0)
+    resources_per_actor: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources {name: amount} per model actor, to pin it to nodes that carry them (ray start --resources)")
     batch_size: int = Field(64, ge=1)
     tta: list[Literal["original", "flip", "crop", "crop_flip", "heatmap_crop", "heatmap_crop_flip"]] = Field(
         default_factory=lambda: ["original", "flip", "crop", "crop_flip"],
@@ -285,6 +289,11 @@ class PostprocessConfig(StrictModel):
     ensemble: EnsembleConfig = EnsembleConfig()
     steps: list[PostprocessStep] = Field(default_factory=list, description="applied in this order")
     top_k: int = Field(100, ge=1, description="length of the rankings written (AI City: 100)")
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources {name: amount} of the post-process actor, to pin it to nodes that carry them (ray start --resources)")
+    actor_max_restarts: int = Field(
+        2, ge=0, description="times the post-process actor is restarted (and its call retried) when it dies, "
+                             "e.g. with its node; its outputs are written atomically, so a retry redoes them whole")
 
 
 class SearchDimension(StrictModel):
@@ -320,6 +329,8 @@ class TuneConfig(StrictModel):
     seed: int = 0
     time_budget_s: float | None = Field(None, gt=0)
     cpus_per_trial: float = Field(0.5, gt=0)
+    resources_per_trial: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources {name: amount} per trial, to pin it to nodes that carry them (ray start --resources)")
     space: dict[str, SearchDimension] = Field(
         default_factory=dict,
         description="'step.param' -> dimension (e.g. rerank.k1), or 'step' -> {type: switch} to turn a step on/off")

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from vreid.config import PostprocessConfig, RunConfig, dump_config, load_config
 from vreid.data import load_dataset, skipped_images
+from vreid.fault_points import pause_point
 
 log = logging.getLogger("vreid.pipeline")
 
@@ -137,6 +138,7 @@ def store_sets(cfg: RunConfig) -> list[str]:
 @contextmanager
 def _stage(name: str, timings: dict[str, float]):
     log.info("stage %s: start", name)
+    pause_point("pipeline.stage", stage=name)
     t0 = time.perf_counter()
     yield
     timings[name] = time.perf_counter() - t0

@@ -35,6 +35,7 @@ from vreid.features.store import (
     write_success,
 )
 from vreid.errors import InputError, root_cause
+from vreid.fault_points import pause_point
 from vreid.models.trained import read_trained_meta
 
 log = logging.getLogger("vreid.features")
@@ -85,6 +86,7 @@ class FeatureExtractor:
 
         from vreid.features.tta import PROB_COLUMNS, tta_outputs
 
+        pause_point("extract.batch", rows=len(batch["image_id"]))
         images = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32)).to(self.device)
         boxes = torch.from_numpy(np.stack(batch["box"]).astype(np.float32)).to(self.device) if "box" in batch else None
         out = tta_outputs(self.model, images, self.views, self.crop_ratio, boxes)
@@ -221,7 +223,8 @@ def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_r
                                                "device": "cuda" if use_gpu else "cpu"},
                         batch_size=ecfg.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=ecfg.actors),
-                        num_cpus=ecfg.cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor)
+                        num_cpus=ecfg.cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor,
+                        **({"resources": dict(ecfg.resources_per_actor)} if ecfg.resources_per_actor else {}))
     if len(todo) > 1:  # the features stay in the object store while each store takes its rows
         ds = ds.materialize()
     metas, w = [], todo[0][0]

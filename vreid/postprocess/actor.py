@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from vreid.config import PostprocessConfig, RunConfig
 from vreid.data import split_table
+from vreid.fault_points import pause_point
 from vreid.features.store import StoreError, load_features, redact, store_uri, without_skipped
 from vreid.models.trained import read_trained_meta
 from vreid.postprocess.pipeline import (
@@ -158,6 +159,7 @@ class PostprocessActor:
     def run(self, pcfg: dict[str, Any], out_dir: str | None = None) -> dict[str, Any]:
         config = PostprocessConfig.model_validate(pcfg)
         inputs = self.inputs_ref()
+        pause_point("postprocess.run", results=config.name)
         result = run_postprocess(inputs, config, self.cache)
         if out_dir is not None:
             write_results(inputs, result, out_dir, config)
@@ -170,7 +172,12 @@ def postprocess_run(cfg: RunConfig, pcfg: PostprocessConfig | None = None, store
     import ray
 
     pcfg = pcfg or cfg.postprocess
-    actor = ray.remote(num_cpus=1)(PostprocessActor).remote(cfg.model_dump(mode="json"), store_set)
+    # restarted (elsewhere) when it dies with its node, and the call retried (run() is idempotent)
+    # for as long as it can restart: a bounded retry count is used up while the actor is only
+    # unreachable, before the GCS has declared its node dead and restarted it
+    actor = ray.remote(num_cpus=1, resources=dict(pcfg.actor_resources) or None, max_restarts=pcfg.actor_max_restarts,
+                       max_task_retries=-1 if pcfg.actor_max_restarts else 0)(PostprocessActor).remote(
+        cfg.model_dump(mode="json"), store_set)
     out_dir = str(Path(cfg.run_dir).resolve() / "results" / pcfg.name)
     out = ray.get(actor.run.remote(pcfg.model_dump(mode="json"), out_dir))
     ray.kill(actor)

@@ -79,8 +79,8 @@ def check_resources(models: list[ModelConfig], wait_s: float = 0.0) -> None:
     """
     import ray
 
-    need = [(m, {"CPU": m.scaling.cpus_per_worker, "GPU": m.scaling.gpus_per_worker if m.scaling.use_gpu else 0.0})
-            for m in models]
+    need = [(m, {"CPU": m.scaling.cpus_per_worker, "GPU": m.scaling.gpus_per_worker if m.scaling.use_gpu else 0.0,
+                 **m.scaling.resources}) for m in models]
     for m, _ in need:
         if m.scaling.use_gpu and m.scaling.gpus_per_worker <= 0:
             raise InfeasibleResources(f"model '{m.name}': use_gpu is true but scaling.gpus_per_worker is 0")
@@ -199,12 +199,12 @@ def _fit(model_cfg: dict, loop_cfg: dict, storage: str, run_name: str, max_failu
     from vreid.train.loop import HISTORY_FILE, STATE_FILE, STATUS_FILE, train_loop_per_worker
 
     m = ModelConfig.model_validate(model_cfg)
-    resources = {"CPU": m.scaling.cpus_per_worker}
+    resources = {"CPU": m.scaling.cpus_per_worker, **m.scaling.resources}
     if m.scaling.use_gpu:
         resources["GPU"] = m.scaling.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**loop_cfg, "model": model_cfg},
+        train_loop_config={**loop_cfg, "model": model_cfg, "run_path": str(Path(storage) / run_name)},
         scaling_config=ScalingConfig(num_workers=m.scaling.num_workers, use_gpu=m.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=run_name, storage_path=storage,

@@ -492,6 +492,30 @@ def resume(s: TrainState, checkpoint) -> None:
     s.resumed_from = s.start_epoch - 1
 
 
+def newest_persisted(run_path: str | None, after_epoch: int) -> Path | None:
+    """The newest checkpoint in the run's storage that is complete and later than ``after_epoch``
+    (the epoch of the checkpoint Ray Train hands back), or None.
+
+    Train V2 registers a reported checkpoint only when its controller next polls the workers (every
+    ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s): a worker group that dies in between (its node lost
+    right after an epoch) restarts from the checkpoint before, and the finished epoch would be
+    trained again. Every rank reads the same storage, so all resume from the same epoch."""
+    if not run_path or "://" in run_path or not Path(run_path).is_dir():
+        return None
+    best, best_epoch = None, after_epoch
+    for d in Path(run_path).glob("checkpoint_*"):
+        if (d / STATUS_FILE).exists():
+            continue
+        try:
+            epoch = int(torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)["epoch"])
+            json.loads((d / HISTORY_FILE).read_text())
+        except Exception:  # noqa: BLE001 - a checkpoint cut short while it was written: not one
+            continue
+        if epoch > best_epoch:
+            best, best_epoch = d, epoch
+    return best
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: ``config`` holds the model config, the manifest path and loop settings."""
     import ray.train
@@ -515,6 +539,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         eval_batch_size=config["eval_batch_size"], loader_workers=config["loader_workers"],
         use_amp=bool(config["amp"]) and device.type == "cuda", dataset=config.get("dataset", "the dataset"))
     checkpoint = ray.train.get_checkpoint()
+    registered = -1
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            if (Path(d) / STATE_FILE).is_file():
+                registered = int(torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)["epoch"])
+    if checkpoint is None or registered >= 0:
+        newer = newest_persisted(config.get("run_path"), registered)
+        if newer is not None:
+            checkpoint = ray.train.Checkpoint.from_directory(str(newer))
     if checkpoint is not None:
         resume(s, checkpoint)
         if s.stop is not None:  # report the NaN status again so the launcher sees it
