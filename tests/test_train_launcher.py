@@ -108,7 +108,8 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, tiny_city, tiny_manifes
 
 def test_infeasible_resources_fail_fast(tmp_path, tiny_city, tiny_manifest, ray_session):
     cfg = _cfg(tmp_path, tiny_city, "models.0.scaling.cpus_per_worker=16")
-    with pytest.raises(InfeasibleResources, match=r"model 'bot' asks for 2 worker\(s\) x 16 CPU"):
+    with pytest.raises(InfeasibleResources, match=r"model 'bot': each of its 2 training worker\(s\) asks for "
+                                                  r"\{CPU: 16\} \(2 of them\)"):
         train_models(cfg, tiny_manifest)
     assert not (tmp_path / "run").exists(), "it failed before writing a manifest or starting a trainer"
     gpu = _cfg(tmp_path, tiny_city, "models.0.scaling.use_gpu=true", "models.0.scaling.gpus_per_worker=1")

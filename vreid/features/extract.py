@@ -195,7 +195,8 @@ def extract_stores(model_dir: str | Path, stores: dict[str, pa.Table], dataset_r
                                                "device": "cuda" if use_gpu else "cpu"},
                         batch_size=ecfg.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=ecfg.actors),
-                        num_cpus=ecfg.cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor)
+                        num_cpus=ecfg.cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor,
+                        **({"resources": dict(ecfg.resources_per_actor)} if ecfg.resources_per_actor else {}))
     if len(todo) > 1:  # the features stay in the object store while each store takes its rows
         ds = ds.materialize()
     metas, w = [], todo[0][0]
@@ -263,9 +264,10 @@ def extract_features(cfg, manifest: pa.Table, store_sets: list[str],
         if models is not None and m.name not in models:
             continue
         uris = {s: store_uri(cfg.store_root, m.name, s) for s in store_sets}
-        log.info("extract %s (%s): %d images on %d actor(s) (%g CPU, %g GPU each)", m.name, " + ".join(store_sets),
+        log.info("extract %s (%s): %d images on %d actor(s) (%g CPU, %g GPU each%s)", m.name, " + ".join(store_sets),
                  sum(t.num_rows for t in tables.values()), cfg.extract.actors, cfg.extract.cpus_per_actor,
-                 cfg.extract.num_gpus_per_actor)
+                 cfg.extract.num_gpus_per_actor,
+                 "".join(f", {v:g} {k}" for k, v in cfg.extract.resources_per_actor.items()))
         extract_stores(Path(cfg.run_dir) / "models" / m.name, {uris[s]: tables[s] for s in store_sets},
                        dataset_root(manifest), cfg.extract, cfg.data.on_bad_image)
         out[m.name] = uris

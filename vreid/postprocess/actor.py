@@ -170,7 +170,7 @@ def postprocess_run(cfg: RunConfig, pcfg: PostprocessConfig | None = None, store
     import ray
 
     pcfg = pcfg or cfg.postprocess
-    actor = ray.remote(num_cpus=1)(PostprocessActor).remote(cfg.model_dump(mode="json"), store_set)
+    actor = ray.remote(num_cpus=1, resources=pcfg.actor_resources or None)(PostprocessActor).remote(cfg.model_dump(mode="json"), store_set)
     out_dir = str(Path(cfg.run_dir).resolve() / "results" / pcfg.name)
     out = ray.get(actor.run.remote(pcfg.model_dump(mode="json"), out_dir))
     ray.kill(actor)
