@@ -173,13 +173,6 @@ class ScalingSection(StrictModel):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     resources: dict[str, float] = _custom_resources_field("each training worker")
-    memory_limit_gb: float | None = Field(
-        None, gt=0, description="the most memory a training worker process may allocate (its data segment, "
-                                "RLIMIT_DATA, set when its training loop starts; DataLoader workers inherit it): a "
-                                "model that outgrows it fails alone with an out-of-memory error instead of the "
-                                "kernel's OOM killer taking some process on the node; it also reserves Ray's "
-                                "`memory` resource of that size per worker. A torch worker holds about 1.2 GB "
-                                "before its first batch. null = no limit")
 
     @model_validator(mode="after")
     def _resources(self) -> ScalingSection:

@@ -205,11 +205,9 @@ def out_of_memory_reason(exc: BaseException, m: ModelConfig) -> str | None:
     hits = [line.strip() for line in text.splitlines() if any(k in line for k in OOM_MARKERS)]
     if not hits:
         return None
-    limit = (f" (scaling.memory_limit_gb: {m.scaling.memory_limit_gb:g} GB per worker)"
-             if m.scaling.memory_limit_gb else "")
-    return (f"out of memory: a training worker of model '{m.name}' could not allocate what it needed{limit}: "
+    return (f"out of memory: a training worker of model '{m.name}' could not allocate what it needed: "
             f"{hits[-1][:300]}; lower the batch (recipe p x k), input_size or train.loader_workers, or give each "
-            "worker more memory (scaling.memory_limit_gb, fewer workers per node, larger nodes)")
+            "worker more memory (fewer workers per node, larger nodes)")
 
 
 def _fit(model_cfg: dict, loop_cfg: dict, storage: str, run_name: str, max_failures: int) -> dict[str, Any]:
@@ -224,8 +222,6 @@ def _fit(model_cfg: dict, loop_cfg: dict, storage: str, run_name: str, max_failu
     resources = {"CPU": m.scaling.cpus_per_worker, **m.scaling.resources}
     if m.scaling.use_gpu:
         resources["GPU"] = m.scaling.gpus_per_worker
-    if m.scaling.memory_limit_gb:
-        resources["memory"] = int(m.scaling.memory_limit_gb * 2**30)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**loop_cfg, "model": model_cfg},

@@ -492,26 +492,11 @@ def resume(s: TrainState, checkpoint) -> None:
     s.resumed_from = s.start_epoch - 1
 
 
-def limit_memory(limit_gb: float | None) -> None:
-    """``scaling.memory_limit_gb``: cap this worker process's data segment (RLIMIT_DATA: heap and
-    private mappings, what torch's and numpy's allocators take), so that a model that outgrows it
-    gets MemoryError / "can't allocate memory" itself instead of the node's OOM killer choosing a
-    victim. The hard limit stays, so only this soft limit binds."""
-    if not limit_gb:
-        return
-    import resource
-
-    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    soft = int(limit_gb * 2**30)
-    resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: ``config`` holds the model config, the manifest path and loop settings."""
     import ray.train
     import ray.train.torch
 
-    limit_memory(config["model"].get("scaling", {}).get("memory_limit_gb"))
     torch.set_num_threads(config["num_threads"])
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
