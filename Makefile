@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo demo-uda bench clean
+.PHONY: install test test-cluster demo demo-uda bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the multi-node fault and autoscaling tests start Ray clusters of their own (minutes each):
+# `make test-cluster` runs them, .ci/run runs both targets
+CLUSTER_TESTS := node_faults or autoscaling
+
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not ($(CLUSTER_TESTS))" $(PYTEST_ARGS)
+
+test-cluster: install
+	$(PY) -m pytest -m "$(CLUSTER_TESTS)" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) jobs/pipeline.py --config configs/demo.yaml

@@ -55,3 +55,22 @@ def test_dump_roundtrip(tmp_path):
     p = tmp_path / "resolved.yaml"
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg
+
+
+def test_custom_resources_per_stage():
+    from vreid.config import ConfigError, load_config
+
+    cfg = load_config("configs/tiny.yaml", ["models.0.scaling.resources={fake_gpu: 1}",
+                                            "extract.resources_per_actor={fake_gpu: 0.5}",
+                                            "tune.resources_per_trial={spot: 0.25}",
+                                            "postprocess.actor_resources={highmem: 1}"])
+    assert cfg.models[0].scaling.resources == {"fake_gpu": 1.0}
+    assert cfg.extract.resources_per_actor == {"fake_gpu": 0.5}
+    assert cfg.tune.resources_per_trial == {"spot": 0.25}
+    assert cfg.postprocess.actor_resources == {"highmem": 1.0}
+    for override, message in [("models.0.scaling.resources={GPU: 1}", "'GPU' is not a custom resource"),
+                              ("extract.resources_per_actor={a: 0}", "a: 0 must be > 0"),
+                              ("tune.resources_per_trial={a: 1.5}", "must be a whole number"),
+                              ("postprocess.actor_resources={'node:1.2.3.4': 1}", "not a custom resource name")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("configs/tiny.yaml", [override])

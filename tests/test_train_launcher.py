@@ -108,7 +108,8 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, tiny_city, tiny_manifes
 
 def test_infeasible_resources_fail_fast(tmp_path, tiny_city, tiny_manifest, ray_session):
     cfg = _cfg(tmp_path, tiny_city, "models.0.scaling.cpus_per_worker=16")
-    with pytest.raises(InfeasibleResources, match=r"model 'bot' asks for 2 worker\(s\) x 16 CPU"):
+    with pytest.raises(InfeasibleResources, match=r"model 'bot': each of its 2 training worker\(s\) asks for "
+                                                  r"\{CPU: 16\} \(2 of them\)"):
         train_models(cfg, tiny_manifest)
     assert not (tmp_path / "run").exists(), "it failed before writing a manifest or starting a trainer"
     gpu = _cfg(tmp_path, tiny_city, "models.0.scaling.use_gpu=true", "models.0.scaling.gpus_per_worker=1")
@@ -198,3 +199,23 @@ def test_attribute_head_on_a_dataset_without_attribute_labels(tmp_path, tiny_cit
     with pytest.raises(ValueError, match=rf"model 'attr'.*dataset '{tiny_city}'.*no colour labels.*'color'"):
         train_models(cfg, tiny_manifest, tables={"attr": no_colour})
     assert not (tmp_path / "run" / "models").exists()
+
+
+
+def test_out_of_memory_is_named_in_the_model_error():
+    """How a worker group that ran out of memory reads in the model's error (the launcher's
+    classification of Train V2's error text); other failures keep their own text."""
+    from vreid.config import ModelConfig
+    from vreid.train.launcher import out_of_memory_reason
+
+    m = ModelConfig(name="huge")
+    train_err = RuntimeError("Training failed due to worker errors:\n[Rank 0]\nTraceback ...\nRuntimeError: "
+                             "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                             "you tried to allocate 905969664 bytes. Error code 12 (Cannot allocate memory)")
+    reason = out_of_memory_reason(train_err, m)
+    assert reason.startswith("out of memory: a training worker of model 'huge' could not allocate what it needed: "
+                             "RuntimeError: [enforce fail"), reason
+    assert "lower the batch (recipe p x k), input_size" in reason
+    monitor = RuntimeError("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.")
+    assert out_of_memory_reason(monitor, m).startswith("out of memory: ")
+    assert out_of_memory_reason(RuntimeError("ValueError: bad label column"), m) is None

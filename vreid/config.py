@@ -23,6 +23,35 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Resources with a config field of their own (or Ray's memory accounting): not custom resources.
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def check_custom_resources(resources: dict[str, float], where: str) -> dict[str, float]:
+    """Custom Ray resources (name -> amount per worker / actor / trial), as Ray accepts them:
+    a name of their own (CPU and GPU have their fields), an amount > 0, whole above 1
+    (Ray: "resource quantities >1 must be whole numbers")."""
+    for name, amount in resources.items():
+        if not name or not name.strip() or name.startswith("node:"):
+            raise ValueError(f"{where}: '{name}' is not a custom resource name")
+        if name in RESERVED_RESOURCES:
+            raise ValueError(f"{where}: '{name}' is not a custom resource; use the section's own CPU / GPU / "
+                             "memory fields")
+        if not amount > 0:
+            raise ValueError(f"{where}: {name}: {amount:g} must be > 0")
+        if amount > 1 and amount != int(amount):
+            raise ValueError(f"{where}: {name}: {amount:g} must be a whole number (Ray takes fractions only "
+                             "below 1)")
+    return resources
+
+
+def _custom_resources_field(what: str) -> Any:
+    return Field(default_factory=dict, description=(
+        f"custom Ray resources {what} asks for, name -> amount (e.g. {{accelerator_a10g: 1}}): scheduled only "
+        "on nodes that declare them (`ray start --resources`, cluster.yaml node types' `resources`); an "
+        "autoscaler adds such nodes on demand"))
+
+
 class ValidationSplitConfig(StrictModel):
     """Held-out training identities used as query/gallery for validation (METHODS.md, Evaluation)."""
 
@@ -146,8 +175,12 @@ class ScalingSection(StrictModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources {name: amount} per training worker, to pin it to nodes that carry them (ray start --resources)")
+    resources: dict[str, float] = _custom_resources_field("each training worker")
+
+    @model_validator(mode="after")
+    def _resources(self) -> ScalingSection:
+        check_custom_resources(self.resources, "scaling.resources")
+        return self
 
 
 class ModelConfig(StrictModel):
@@ -214,9 +247,8 @@ class ExtractConfig(StrictModel):
     actors: int = Field(1, ge=1, description="model actors in the pool")
     cpus_per_actor: float = Field(1.0, gt=0, description="leave a CPU free for the decode tasks on small machines")
     num_gpus_per_actor: float = Field(0.0, ge=0)
+    resources_per_actor: dict[str, float] = _custom_resources_field("each model actor of the pool")
     cpus_per_decode_task: float = Field(0.5, gt=0)
-    resources_per_actor: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources {name: amount} per model actor, to pin it to nodes that carry them (ray start --resources)")
     batch_size: int = Field(64, ge=1)
     tta: list[Literal["original", "flip", "crop", "crop_flip", "heatmap_crop", "heatmap_crop_flip"]] = Field(
         default_factory=lambda: ["original", "flip", "crop", "crop_flip"],
@@ -234,6 +266,7 @@ class ExtractConfig(StrictModel):
     def _views(self) -> ExtractConfig:
         if not self.tta or len(set(self.tta)) != len(self.tta):
             raise ValueError("tta must list at least one view, each once")
+        check_custom_resources(self.resources_per_actor, "extract.resources_per_actor")
         return self
 
 
@@ -289,11 +322,15 @@ class PostprocessConfig(StrictModel):
     ensemble: EnsembleConfig = EnsembleConfig()
     steps: list[PostprocessStep] = Field(default_factory=list, description="applied in this order")
     top_k: int = Field(100, ge=1, description="length of the rankings written (AI City: 100)")
-    actor_resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources {name: amount} of the post-process actor, to pin it to nodes that carry them (ray start --resources)")
+    actor_resources: dict[str, float] = _custom_resources_field("the post-processing actor (1 CPU)")
     actor_max_restarts: int = Field(
         2, ge=0, description="times the post-process actor is restarted (and its call retried) when it dies, "
                              "e.g. with its node; its outputs are written atomically, so a retry redoes them whole")
+
+    @model_validator(mode="after")
+    def _resources(self) -> PostprocessConfig:
+        check_custom_resources(self.actor_resources, "postprocess.actor_resources")
+        return self
 
 
 class SearchDimension(StrictModel):
@@ -329,11 +366,15 @@ class TuneConfig(StrictModel):
     seed: int = 0
     time_budget_s: float | None = Field(None, gt=0)
     cpus_per_trial: float = Field(0.5, gt=0)
-    resources_per_trial: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources {name: amount} per trial, to pin it to nodes that carry them (ray start --resources)")
+    resources_per_trial: dict[str, float] = _custom_resources_field("each trial")
     space: dict[str, SearchDimension] = Field(
         default_factory=dict,
         description="'step.param' -> dimension (e.g. rerank.k1), or 'step' -> {type: switch} to turn a step on/off")
+
+    @model_validator(mode="after")
+    def _resources(self) -> TuneConfig:
+        check_custom_resources(self.resources_per_trial, "tune.resources_per_trial")
+        return self
 
 
 class DBSCANSetting(StrictModel):

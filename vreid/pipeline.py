@@ -52,13 +52,15 @@ def check_run_dir(run_dir: str) -> Path:
 
 
 def check_cluster(cfg: RunConfig) -> None:
-    """Say so at once when the config asks for GPUs that the cluster does not have and cannot get."""
-    import ray
+    """Say so at once when a stage asks for resources (CPUs, GPUs, custom resources) that no node of
+    the cluster has and no node type of its autoscaler can provide (:mod:`vreid.resources`); what
+    the autoscaler can provide is left to wait for it."""
+    from vreid.resources import InfeasibleResources, check_requests, run_requests
 
-    want = [m.name for m in cfg.models if m.scaling.use_gpu] + (["extract"] if cfg.extract.num_gpus_per_actor else [])
-    if want and not ray.cluster_resources().get("GPU") and cfg.train.resource_wait_s == 0:
-        raise RuntimeError(f"the config asks for GPUs ({', '.join(want)}) but the cluster has none; start GPU "
-                           "workers (cluster.yaml) or set train.resource_wait_s to wait for the autoscaler")
+    for m in cfg.models:
+        if m.scaling.use_gpu and m.scaling.gpus_per_worker <= 0:
+            raise InfeasibleResources(f"model '{m.name}': use_gpu is true but scaling.gpus_per_worker is 0")
+    check_requests(run_requests(cfg), wait_s=cfg.train.resource_wait_s)
 
 
 def _tune_key(cfg: RunConfig) -> str:

@@ -299,9 +299,10 @@ def extract_features(cfg, manifest: pa.Table, store_sets: list[str],
         if models is not None and m.name not in models:
             continue
         uris = {s: store_uri(cfg.store_root, m.name, s) for s in store_sets}
-        log.info("extract %s (%s): %d images on %d actor(s) (%g CPU, %g GPU each)", m.name, " + ".join(store_sets),
+        log.info("extract %s (%s): %d images on %d actor(s) (%g CPU, %g GPU each%s)", m.name, " + ".join(store_sets),
                  sum(t.num_rows for t in tables.values()), cfg.extract.actors, cfg.extract.cpus_per_actor,
-                 cfg.extract.num_gpus_per_actor)
+                 cfg.extract.num_gpus_per_actor,
+                 "".join(f", {v:g} {k}" for k, v in cfg.extract.resources_per_actor.items()))
         extract_stores(Path(cfg.run_dir) / "models" / m.name, {uris[s]: tables[s] for s in store_sets},
                        dataset_root(manifest), cfg.extract, cfg.data.on_bad_image, boxes)
         out[m.name] = uris

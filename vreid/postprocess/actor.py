@@ -175,7 +175,7 @@ def postprocess_run(cfg: RunConfig, pcfg: PostprocessConfig | None = None, store
     # restarted (elsewhere) when it dies with its node, and the call retried (run() is idempotent)
     # for as long as it can restart: a bounded retry count is used up while the actor is only
     # unreachable, before the GCS has declared its node dead and restarted it
-    actor = ray.remote(num_cpus=1, resources=dict(pcfg.actor_resources) or None, max_restarts=pcfg.actor_max_restarts,
+    actor = ray.remote(num_cpus=1, resources=pcfg.actor_resources or None, max_restarts=pcfg.actor_max_restarts,
                        max_task_retries=-1 if pcfg.actor_max_restarts else 0)(PostprocessActor).remote(
         cfg.model_dump(mode="json"), store_set)
     out_dir = str(Path(cfg.run_dir).resolve() / "results" / pcfg.name)

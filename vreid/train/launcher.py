@@ -22,12 +22,10 @@ import pyarrow.compute as pc
 from vreid.config import ModelConfig, RunConfig
 from vreid.data import dataset_root, split_table, validation_split, write_manifest
 from vreid.models.trained import SUCCESS, export_trained_model, read_trained_meta
+from vreid.resources import (InfeasibleResources, check_requests, cluster_capacity, describe, fmt, model_request,
+                             placeable)
 
 log = logging.getLogger("vreid.train")
-
-
-class InfeasibleResources(RuntimeError):
-    """The cluster cannot provide what a model's ScalingConfig asks for."""
 
 
 @dataclass
@@ -73,44 +71,48 @@ def training_manifest(cfg: RunConfig, manifest: pa.Table) -> pa.Table:
 
 
 def check_resources(models: list[ModelConfig], wait_s: float = 0.0) -> None:
-    """Fail fast when a model's worker group can never be placed (Train V2 would wait forever).
+    """Fail fast when a model's worker group can never be placed (Train V2 would wait forever):
+    not on the cluster's nodes, nor on the nodes its autoscaler can add (:mod:`vreid.resources`).
 
-    With ``wait_s`` > 0 the autoscaler is asked for the bundles first and given that long.
+    A group the autoscaler's node types can hold is left to wait (Train V2 waits for the nodes).
+    With the node types unknown and ``wait_s`` > 0, the autoscaler is asked for the bundles and
+    given that long; the request is withdrawn afterwards, so that the nodes can go idle later.
     """
     import ray
 
-    need = [(m, {"CPU": m.scaling.cpus_per_worker, "GPU": m.scaling.gpus_per_worker if m.scaling.use_gpu else 0.0,
-                 **m.scaling.resources}) for m in models]
-    for m, _ in need:
+    for m in models:
         if m.scaling.use_gpu and m.scaling.gpus_per_worker <= 0:
             raise InfeasibleResources(f"model '{m.name}': use_gpu is true but scaling.gpus_per_worker is 0")
-    deadline = time.monotonic() + wait_s
-    if wait_s > 0:
+    requests = [model_request(m) for m in models]
+    cap = cluster_capacity()
+    waiting = check_requests(requests, cap, wait_s=wait_s)
+    if waiting and cap.node_types is None:  # wait_s > 0: ask the autoscaler, then poll the nodes
         from ray.autoscaler.sdk import request_resources
 
-        request_resources(bundles=[{k: v for k, v in b.items() if v} for m, b in need
-                                   for _ in range(m.scaling.num_workers)])
-    while True:
-        total = ray.cluster_resources()
-        missing = []
-        for m, bundle in need:
-            for res, amount in bundle.items():
-                want = amount * m.scaling.num_workers
-                if want > total.get(res, 0.0) + 1e-9:
-                    missing.append(f"model '{m.name}' asks for {m.scaling.num_workers} worker(s) x "
-                                   f"{amount:g} {res} = {want:g} {res}; the cluster has {total.get(res, 0.0):g}")
-        if not missing:
-            together = {res: sum(b[res] * m.scaling.num_workers for m, b in need) for res in ("CPU", "GPU")}
-            short = [f"{v:g} {res} (the cluster has {total.get(res, 0.0):g})" for res, v in together.items()
-                     if v > total.get(res, 0.0) + 1e-9]
-            if short:
-                log.warning("the models ask for %s together: some start only when others finish",
-                            " and ".join(short))
-            return
-        if time.monotonic() >= deadline:
-            hint = "" if wait_s else " (set train.resource_wait_s to wait for an autoscaler)"
-            raise InfeasibleResources("; ".join(missing) + hint)
-        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        deadline = time.monotonic() + wait_s
+        request_resources(bundles=[r.bundle for r in waiting for _ in range(r.count)])
+        try:
+            while True:
+                cap = cluster_capacity()
+                if all(placeable(r.bundle, r.count, cap.nodes) >= r.count for r in waiting):
+                    break
+                if time.monotonic() >= deadline:
+                    raise InfeasibleResources(
+                        "; ".join(f"{r.who} asks for {fmt(r.bundle)}" for r in waiting)
+                        + f": still not on the cluster's nodes after waiting {wait_s:g} s for the autoscaler "
+                        f"(train.resource_wait_s; {describe(cap)})")
+                time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+        finally:
+            request_resources(bundles=[])  # a standing request would keep the nodes from ever going idle
+    total = ray.cluster_resources()
+    together: dict[str, float] = {}
+    for r in requests:
+        for res, v in r.bundle.items():
+            together[res] = together.get(res, 0.0) + v * r.count
+    short = [f"{v:g} {res} (the cluster has {total.get(res, 0.0):g})" for res, v in together.items()
+             if v > total.get(res, 0.0) + 1e-9]
+    if short and not waiting:
+        log.warning("the models ask for %s together: some start only when others finish", " and ".join(short))
 
 
 class UnreadableTrainingImages(ValueError):
@@ -190,6 +192,24 @@ def preflight(models: list[ModelConfig], table: pa.Table, dataset: str = "the da
                     f"the training split has {ids}")
 
 
+# How running out of memory shows in a failed worker group's error: Python's MemoryError, torch's
+# CPU / CUDA allocators, pyarrow's, Ray's memory monitor (OutOfMemoryError) and the kernel OOM killer.
+OOM_MARKERS = ("MemoryError", "OutOfMemoryError", "can't allocate memory", "Cannot allocate memory",
+               "CUDA out of memory", "running low on memory", "out of memory", "oom-kill")
+
+
+def out_of_memory_reason(exc: BaseException, m: ModelConfig) -> str | None:
+    """The error a user reads when ``m``'s workers ran out of memory, naming the failing allocation
+    and what to change; None when ``exc`` is about something else."""
+    text = f"{type(exc).__name__}: {exc}"
+    hits = [line.strip() for line in text.splitlines() if any(k in line for k in OOM_MARKERS)]
+    if not hits:
+        return None
+    return (f"out of memory: a training worker of model '{m.name}' could not allocate what it needed: "
+            f"{hits[-1][:300]}; lower the batch (recipe p x k), input_size or train.loader_workers, or give each "
+            "worker more memory (fewer workers per node, larger nodes)")
+
+
 def _fit(model_cfg: dict, loop_cfg: dict, storage: str, run_name: str, max_failures: int) -> dict[str, Any]:
     """Body of the zero-CPU task that owns one trainer; returns the final checkpoint's state."""
     import torch
@@ -213,7 +233,7 @@ def _fit(model_cfg: dict, loop_cfg: dict, storage: str, run_name: str, max_failu
     try:
         result = trainer.fit()
     except Exception as exc:  # TrainingFailedError wraps the worker's exception
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": out_of_memory_reason(exc, m) or f"{type(exc).__name__}: {exc}"}
     if result.checkpoint is None:
         return {"error": "training reported no checkpoint"}
     with result.checkpoint.as_directory() as d:
@@ -305,7 +325,7 @@ def train_models(cfg: RunConfig, manifest: pa.Table, only: list[str] | None = No
         try:
             res = ray.get(done[0])
         except Exception as exc:  # the task itself died
-            res = {"error": f"{type(exc).__name__}: {exc}"}
+            res = {"error": out_of_memory_reason(exc, m) or f"{type(exc).__name__}: {exc}"}
         if "error" in res:
             log.error("model %s failed: %s", m.name, res["error"])
             results[m.name] = ModelResult(m.name, "failed", out, res.get("metrics") or {}, res["error"])

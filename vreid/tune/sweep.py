@@ -217,7 +217,7 @@ def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig
     trainable = tune.with_resources(
         tune.with_parameters(_trial, inputs=inputs, cache=cache, base=base.model_dump(mode="json"),
                              metric=tcfg.metric),
-        {"cpu": tcfg.cpus_per_trial, **tcfg.resources_per_trial})
+        {**tcfg.resources_per_trial, "cpu": tcfg.cpus_per_trial})
     storage = str(Path(cfg.run_dir).resolve() / "tune")
     path = os.path.join(storage, tcfg.name)
     if tune.Tuner.can_restore(path):
