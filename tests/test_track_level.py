@@ -230,7 +230,8 @@ def test_distance_steps_before_rerank_rejected_with_reason(early):
 
 def test_whitening_averages_raw_and_whitened_distances():
     from vreid.postprocess.camera_bias import camera_whitening
-    from vreid.postprocess.ensemble import l2_normalize, pairwise_sq_distances
+    from vreid.postprocess.ensemble import l2_normalize
+    from vreid.postprocess.kernels import squared_distances
 
     inputs = _city(dim=8)
     steps = [{"step": "camera_bias", "method": "whitening", "la": 0.5}]
@@ -239,11 +240,11 @@ def test_whitening_averages_raw_and_whitened_distances():
     q, g = inputs.query, inputs.gallery
     wq = camera_whitening(qf, q.camids, 0.5, ref_features=gf, ref_camids=g.camids)
     wg = camera_whitening(gf, g.camids, 0.5)
-    want = (pairwise_sq_distances(qf, gf) + pairwise_sq_distances(wq, wg)) / 2  # 003 released code
+    want = (squared_distances(qf, gf) + squared_distances(wq, wg)) / 2  # 003 released code
     np.testing.assert_allclose(res.distances, np.take_along_axis(want, res.indices, 1), atol=1e-5)
     alone = run_postprocess(inputs, PostprocessConfig.model_validate(
         {"steps": [{**steps[0], "average_raw": False}], "top_k": 5}))
-    np.testing.assert_allclose(alone.distances, np.take_along_axis(pairwise_sq_distances(wq, wg), alone.indices, 1),
+    np.testing.assert_allclose(alone.distances, np.take_along_axis(squared_distances(wq, wg), alone.indices, 1),
                                atol=1e-5)
 
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from vreid.config import PostprocessConfig
 from vreid.eval import evaluate_ranked
-from vreid.postprocess.ensemble import ensemble_features, l2_normalize, pairwise_sq_distances
+from vreid.postprocess.ensemble import ensemble_features, l2_normalize
 from vreid.postprocess.items import GalleryItems, ItemState, Level, PostprocessInputs, Side, tile_ranking
 from vreid.postprocess.knn import KNNGraph, knn_graph
-from vreid.postprocess.ranking import topk_from_distances
+from vreid.postprocess.kernels import squared_distances, topk
 from vreid.postprocess.registry import STAGE_WHAT, PostprocessError, Stage, StepContext, load_steps
 
 __all__ = ["PostprocessError", "PostprocessInputs", "PostprocessResult", "Side", "run_postprocess",
@@ -149,7 +149,7 @@ def _state_metrics(name: str, inputs: PostprocessInputs, state: ItemState) -> di
     step, else every image ranked by its item's distance (tracks tiled)."""
     if state.ranked is not None:
         return _metrics(name, inputs, state.ranked)
-    dist = state.dist if state.dist is not None else pairwise_sq_distances(state.query, state.gallery)
+    dist = state.dist if state.dist is not None else squared_distances(state.query, state.gallery)
     return _metrics(name, inputs, full_ranking(dist, state.items))
 
 
@@ -218,7 +218,7 @@ def image_ranking(state: ItemState, ctx: StepContext) -> tuple[np.ndarray, np.nd
     track's images tiled, nearest to the query first."""
     k = min(ctx.top_k, len(ctx.inputs.gallery.pids))
     if state.items.level == "image":
-        return topk_from_distances(state.dist, k)
+        return topk(state.dist, k)
     return tile_ranking(state.dist, state.items, state.query, state.gallery_images, k)
 
 
@@ -249,7 +249,7 @@ def run_postprocess(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: di
     evaluate_steps = with_ablation and inputs.has_ground_truth
     ctx = _context(inputs, cfg, level, cache)
     state, ablation = _feature_state(inputs, cfg, models, ctx, cache, evaluate_steps)
-    state.dist = pairwise_sq_distances(state.query, state.gallery)
+    state.dist = squared_distances(state.query, state.gallery)
     for step_cfg in cfg.steps:
         if step_cfg.step in FEATURE_STEPS:
             continue

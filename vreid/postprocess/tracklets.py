@@ -21,7 +21,8 @@ import numpy as np
 import scipy.sparse
 
 from vreid.postprocess.checks import as_features, as_ids, as_per_image, check_real
-from vreid.postprocess.ensemble import l2_normalize, pairwise_sq_distances
+from vreid.postprocess.ensemble import l2_normalize
+from vreid.postprocess.kernels import sq_norms, squared_distances
 
 __all__ = [
     "average_tracklet_features",
@@ -137,11 +138,12 @@ def weighted_tracklet_features(
         return track_ids, np.zeros((0, g.shape[1]), dtype=np.float32)
     order = np.argsort(codes, kind="stable")
     starts = np.searchsorted(codes[order], np.arange(n_tracks))
+    q_sq, g_sq = sq_norms(q), sq_norms(g)
 
     # Pass 1: min distance of every query to every track, (Q, T).
     track_min = np.empty((q.shape[0], n_tracks), dtype=np.float32)
     for s in range(0, q.shape[0], chunk):
-        d = pairwise_sq_distances(q[s : s + chunk], g)
+        d = squared_distances(q[s : s + chunk], g, a_sq=q_sq[s : s + chunk], b_sq=g_sq)
         track_min[s : s + chunk] = np.minimum.reduceat(d[:, order], starts, axis=1)
     selected = track_min < threshold
     none = ~selected.any(axis=0)
@@ -153,7 +155,7 @@ def weighted_tracklet_features(
     # Pass 2: A_j = mean distance of image j to its track's selected queries.
     acc = np.zeros(g.shape[0], dtype=np.float64)
     for s in range(0, q.shape[0], chunk):
-        d = pairwise_sq_distances(q[s : s + chunk], g)
+        d = squared_distances(q[s : s + chunk], g, a_sq=q_sq[s : s + chunk], b_sq=g_sq)
         acc += np.einsum("ij,ij->j", d, selected[s : s + chunk][:, codes], dtype=np.float64)
     a = acc / n_sel[codes]
     w = 1.0 / (a + eps)
