@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vreid.config import PostprocessConfig
-from vreid.eval import evaluate_ranked
+from vreid.eval import evaluate_ranked, evaluate_tracks
 from vreid.postprocess.ensemble import ensemble_features, l2_normalize
 from vreid.postprocess.items import GalleryItems, ItemState, Level, PostprocessInputs, Side, tile_ranking
 from vreid.postprocess.knn import KNNGraph, knn_graph
@@ -125,32 +125,18 @@ def _metrics(name: str, inputs: PostprocessInputs, ranked: np.ndarray) -> dict[s
             "cmc": [round(float(c), 5) for c in full.cmc[:20]]}
 
 
-def full_ranking(dist: np.ndarray, items: GalleryItems) -> np.ndarray:
-    """Every gallery image of every query, (Q, G): items by ascending distance (stable), each
-    item's images in a row (gallery order inside an item: within a track every image shows one
-    vehicle, so the order inside it changes no metric). One (Q, T) sort, then a scatter."""
-    order = np.argsort(dist, axis=1, kind="stable")  # (Q, T) items ranked
-    if items.level == "image":
-        return order
-    sizes = items.sizes
-    start = np.cumsum(sizes[order], axis=1) - sizes[order]  # first position of each ranked item
-    item_start = np.empty_like(start)
-    np.put_along_axis(item_start, order, start, axis=1)  # (Q, T) first position of item t
-    offset = np.empty(len(items.item_of_image), np.int64)
-    offset[items.members] = np.arange(len(items.members)) - np.repeat(items.starts[:-1], sizes)
-    pos = item_start[:, items.item_of_image] + offset[None, :]  # (Q, G) position of image g
-    ranked = np.empty_like(pos)
-    np.put_along_axis(ranked, pos, np.broadcast_to(np.arange(pos.shape[1]), pos.shape), axis=1)
-    return ranked
-
-
 def _state_metrics(name: str, inputs: PostprocessInputs, state: ItemState) -> dict[str, Any]:
     """Metrics of the image ranking the state stands for: its ranked lists after a ranking
-    step, else every image ranked by its item's distance (tracks tiled)."""
+    step, else every image ranked by its item's distance (tracks tiled), evaluated from the
+    (Q, T) item distance without a (Q, G) array (:func:`vreid.eval.evaluate_tracks`)."""
     if state.ranked is not None:
         return _metrics(name, inputs, state.ranked)
     dist = state.dist if state.dist is not None else squared_distances(state.query, state.gallery)
-    return _metrics(name, inputs, full_ranking(dist, state.items))
+    q, g = inputs.query, inputs.gallery
+    args = (dist, state.items.item_of_image, q.pids, g.pids, q.camids, g.camids)
+    full, top = evaluate_tracks(*args), evaluate_tracks(*args, top_k_ap=100)
+    return {"step": name, **full.as_dict(), "mAP@100": float(top.mAP),
+            "cmc": [round(float(c), 5) for c in full.cmc[:20]]}
 
 
 def feature_state_key(cfg: PostprocessConfig, level: Level = "image", upto: int | None = None) -> str:
