@@ -28,7 +28,7 @@ from vreid.postprocess.registry import STAGE_WHAT, PostprocessError, Stage, Step
 
 __all__ = ["PostprocessError", "PostprocessInputs", "PostprocessResult", "Side", "run_postprocess",
            "prepare_cache", "resolve_level", "feature_state_key", "image_ranking", "ablation_table",
-           "FEATURE_STEPS"]
+           "FEATURE_STEPS", "check_comparison", "run_comparison"]
 
 STEPS = load_steps()
 FEATURE_STEPS = tuple(s.name for s in STEPS if s.stage < Stage.RERANK)
@@ -251,6 +251,37 @@ def run_postprocess(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: di
     if inputs.has_ground_truth:
         final = ablation[-1] if evaluate_steps else _state_metrics("final", inputs, state)
     return PostprocessResult(indices, distances.astype(np.float32), ablation, final, level)
+
+
+def _comparison_configs(cfg: PostprocessConfig) -> list[PostprocessConfig]:
+    """Each ``comparison`` entry as a config of its own: the main ensemble and top_k, its steps."""
+    return [cfg.model_copy(update={"name": c.name, "steps": c.steps, "comparison": []}) for c in cfg.comparison]
+
+
+def check_comparison(inputs: PostprocessInputs, cfg: PostprocessConfig) -> None:
+    """Every comparison entry passes the main list's checks (order, stores, options), before any
+    work; an error names the entry."""
+    for c in _comparison_configs(cfg):
+        try:
+            _check(c, inputs, resolve_level(c, inputs))
+        except PostprocessError as exc:
+            raise PostprocessError(f"postprocess.comparison '{c.name}': {exc}") from None
+
+
+def run_comparison(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: dict | None = None
+                   ) -> list[dict[str, Any]]:
+    """The comparison variants on the same features (001 Table 1 in kind: image-level RR, AF-TRR,
+    WF-TRR), one metrics row each (name, level, steps, mAP, ...); empty without ground truth.
+    ``cache`` shares ensembles and k-NN graphs with the main run."""
+    check_comparison(inputs, cfg)
+    if not inputs.has_ground_truth:
+        return []
+    rows = []
+    for c in _comparison_configs(cfg):
+        res = run_postprocess(inputs, c, cache, with_ablation=False)
+        rows.append({**res.final, "step": c.name, "name": c.name, "level": res.level,
+                     "steps": [s.step for s in c.steps]})
+    return rows
 
 
 def ablation_table(rows: list[dict[str, Any]]) -> str:
