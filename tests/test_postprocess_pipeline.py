@@ -143,6 +143,12 @@ def test_end_to_end_from_tiny_stores(tiny_stores, tiny_manifest):
     assert out["comparison"] == rows
     # the WF-TRR variant is the main list's first three steps: its mAP is the main ablation's rerank row
     assert rows[2]["mAP"] == pytest.approx(metrics["ablation"][3]["mAP"])
+    from vreid.report import write_report
+
+    page = write_report(cfg.run_dir, tiny_manifest, cfg.postprocess.name, "cfg", {}).read_text()
+    table = page.split("<h2>Re-ranking level comparison</h2>")[1].split("<h2>")[0]
+    assert [table.count(f"<td>{n}</td>") for n in ("image-level RR", "AF-TRR", "WF-TRR")] == [1, 1, 1]
+    assert f"<td>{100 * rows[2]['mAP']:.2f}</td>" in table
 
 
 def test_bad_comparison_entry_fails_before_work_naming_it(tiny_stores):
