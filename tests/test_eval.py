@@ -335,6 +335,9 @@ def test_track_evaluation_equals_image_evaluation(mixed, top_k):
             assert got.mINP == pytest.approx(want.mINP, abs=1e-12)
             np.testing.assert_allclose(got.cmc, want.cmc)
             assert got.num_valid_queries == want.num_valid_queries
+        full, top = evaluate_tracks(d, item, qp, gp, qc, gc, max_rank=20, also_top_k_ap=top_k or 100)
+        assert full.mAP == pytest.approx(evaluate(d[:, item], qp, gp, qc, gc).mAP, abs=1e-12)
+        assert top.mAP == pytest.approx(evaluate(d[:, item], qp, gp, qc, gc, top_k_ap=top_k or 100).mAP, abs=1e-12)
         ref = _reference(d[:, item], qp, gp, qc, gc, 20, top_k)
         assert want.mAP == pytest.approx(ref[0])
 

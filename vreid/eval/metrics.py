@@ -326,7 +326,8 @@ def evaluate_ranked(ranked, q_pids, g_pids, q_camids, g_camids, max_rank: int = 
 
 
 def evaluate_tracks(track_dist, item_of_image, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
-                    top_k_ap: int | None = None, chunk_rows: int | None = None) -> ReIDMetrics:
+                    top_k_ap: int | None = None, chunk_rows: int | None = None, *,
+                    also_top_k_ap: int | None = None) -> ReIDMetrics | tuple[ReIDMetrics, ReIDMetrics]:
     """Metrics of the image ranking that tiles ranked gallery items, from (Q, T) item distances.
 
     Every image of item t takes ``track_dist[:, t]`` (001 §3.4 "tile tracks images"): per query the
@@ -335,8 +336,10 @@ def evaluate_tracks(track_dist, item_of_image, q_pids, g_pids, q_camids, g_camid
     ranking (and :func:`evaluate` of the tiled (Q, G) distances when no two items tie), with the
     same junk rule (same pid and camera; camid -1 is a camera), but no (Q, G) array is built:
     per query only the (Q, T) item ranking and the query's same-pid gallery images are visited.
+    ``also_top_k_ap=100`` also returns the AI City score from the same ranking: ``(metrics, top)``.
     """
     _check_options(max_rank, top_k_ap)
+    _check_options(max_rank, also_top_k_ap)
     q_pids, q_camids = _check_queries(q_pids, q_camids)
     g_pids, g_camids = _labels("g_pids", g_pids), _labels("g_camids", g_camids)
     item = _labels("item_of_image", item_of_image)
@@ -360,7 +363,7 @@ def evaluate_tracks(track_dist, item_of_image, q_pids, g_pids, q_camids, g_camid
     pid_len = np.bincount(labels.pid_code, minlength=len(labels.pid_table))
     pid_start = np.cumsum(pid_len) - pid_len
     step = chunk_rows or max(1, _CHUNK_CELLS // max(1, n_items))
-    parts = []
+    parts, top_parts = [], []
     for s in range(0, len(q_pids), step):
         block = d[s:s + step]
         n = len(block)
@@ -378,4 +381,8 @@ def evaluate_tracks(track_dist, item_of_image, q_pids, g_pids, q_camids, g_camid
         rows, cols, imgs = rows[o], cols[o], imgs[o]
         junk = g_camids[imgs] == q_camids[s:s + step][rows]
         parts.append((*_cell_stats(n, rows, cols, junk, npos[s:s + step], top_k_ap), npos[s:s + step]))
-    return _summarise(parts, int(max_rank))
+        if also_top_k_ap is not None:
+            top_parts.append((*_cell_stats(n, rows, cols, junk, npos[s:s + step], also_top_k_ap), npos[s:s + step]))
+    if also_top_k_ap is None:
+        return _summarise(parts, int(max_rank))
+    return _summarise(parts, int(max_rank)), _summarise(top_parts, int(max_rank))

@@ -133,8 +133,8 @@ def _state_metrics(name: str, inputs: PostprocessInputs, state: ItemState) -> di
         return _metrics(name, inputs, state.ranked)
     dist = state.dist if state.dist is not None else squared_distances(state.query, state.gallery)
     q, g = inputs.query, inputs.gallery
-    args = (dist, state.items.item_of_image, q.pids, g.pids, q.camids, g.camids)
-    full, top = evaluate_tracks(*args), evaluate_tracks(*args, top_k_ap=100)
+    full, top = evaluate_tracks(dist, state.items.item_of_image, q.pids, g.pids, q.camids, g.camids,
+                                also_top_k_ap=100)
     return {"step": name, **full.as_dict(), "mAP@100": float(top.mAP),
             "cmc": [round(float(c), 5) for c in full.cmc[:20]]}
 
