@@ -299,3 +299,63 @@ def test_submission_read_validation(tmp_path):
     path.write_text(good + "\n")
     with pytest.raises(ValueError, match="1 lines, expected one per query \\(2\\)"):
         read_submission(path, num_queries=2)
+
+
+# ---------------------------------------------------------------- track-level evaluation
+
+
+def _tracks_case(rng, q, n_tracks, ids, cams, mixed):
+    """Hand-made tracks: each one camera (or, with ``mixed``, a few images relabelled to another
+    pid / camera), images of a track scattered over the gallery order."""
+    sizes = rng.integers(1, 6, n_tracks)
+    item = rng.permutation(np.repeat(np.arange(n_tracks), sizes))
+    t_pid, t_cam = rng.integers(0, ids, n_tracks), rng.integers(-1, cams, n_tracks)  # -1: a camera too
+    gp, gc = t_pid[item].copy(), t_cam[item].copy()
+    if mixed:
+        flip = rng.random(len(item)) < 0.2
+        gp[flip] = rng.integers(0, ids, flip.sum())
+        gc[flip] = rng.integers(-1, cams, flip.sum())
+    qp, qc = rng.integers(0, ids, q), rng.integers(-1, cams, q)
+    d = rng.permutation(q * n_tracks).reshape(q, n_tracks).astype(np.float32)  # no two tracks tie
+    return d, item, qp, gp, qc, gc
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+@pytest.mark.parametrize("top_k", [None, 100, 3])
+def test_track_evaluation_equals_image_evaluation(mixed, top_k):
+    from vreid.eval import evaluate_tracks
+
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        d, item, qp, gp, qc, gc = _tracks_case(rng, 25, 40, 6, 4, mixed)
+        want = evaluate(d[:, item], qp, gp, qc, gc, max_rank=20, top_k_ap=top_k)  # every image: its track's
+        for chunk in (None, 4):
+            got = evaluate_tracks(d, item, qp, gp, qc, gc, max_rank=20, top_k_ap=top_k, chunk_rows=chunk)
+            assert got.mAP == pytest.approx(want.mAP, abs=1e-12)
+            assert got.mINP == pytest.approx(want.mINP, abs=1e-12)
+            np.testing.assert_allclose(got.cmc, want.cmc)
+            assert got.num_valid_queries == want.num_valid_queries
+        full, top = evaluate_tracks(d, item, qp, gp, qc, gc, max_rank=20, also_top_k_ap=top_k or 100)
+        assert full.mAP == pytest.approx(evaluate(d[:, item], qp, gp, qc, gc).mAP, abs=1e-12)
+        assert top.mAP == pytest.approx(evaluate(d[:, item], qp, gp, qc, gc, top_k_ap=top_k or 100).mAP, abs=1e-12)
+        ref = _reference(d[:, item], qp, gp, qc, gc, 20, top_k)
+        assert want.mAP == pytest.approx(ref[0])
+
+
+def test_track_evaluation_hand_case_and_errors():
+    from vreid.eval import evaluate_tracks
+
+    # Query pid 1 cam 0. Tracks by distance: t1 (pid 1, cam 0: two junk images), t0 (pid 2), t2 (pid 1,
+    # cam 5: two positives). Junk removed: neg, pos, pos -> ranks 2, 3; AP = (1/2 + 2/3) / 2.
+    item = np.array([0, 1, 2, 1, 2])
+    gp, gc = [2, 1, 1, 1, 1], [3, 0, 5, 0, 5]
+    m = evaluate_tracks(np.array([[0.5, 0.1, 0.9]]), item, [1], gp, [0], gc, max_rank=3)
+    assert m.mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
+    np.testing.assert_allclose(m.cmc, [0, 1, 1])
+    assert m.mINP == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="item_of_image must lie"):
+        evaluate_tracks(np.zeros((1, 2)), item, [1], gp, [0], gc)
+    with pytest.raises(ValueError, match="one entry per gallery image"):
+        evaluate_tracks(np.zeros((1, 3)), item[:4], [1], gp, [0], gc)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_tracks(np.array([[np.nan, 0.1, 0.9]]), item, [1], gp, [0], gc)

@@ -133,6 +133,38 @@ def test_end_to_end_from_tiny_stores(tiny_stores, tiny_manifest):
                      "camera_verification", "camera_verification", "group_rerank"]
     assert all(0 <= r["mAP"] <= 1 for r in metrics["ablation"])
     assert not list(res.parent.glob(".*tmp*")), "no half-written result directory left"
+    # postprocess.comparison (configs/tiny.yaml): one row per variant, after the main list, same features
+    rows = metrics["comparison"]
+    assert [r["name"] for r in rows] == ["image-level RR", "AF-TRR", "WF-TRR"]
+    assert [r["level"] for r in rows] == ["image", "track", "track"]
+    assert rows[1]["steps"] == ["camera_bias", "tracklet", "rerank"]
+    for r in rows:
+        assert all(0 <= r[k] <= 1 for k in ("mAP", "mAP@100", "rank-1", "mINP"))
+    assert out["comparison"] == rows
+    # the WF-TRR variant is the main list's first three steps: its mAP is the main ablation's rerank row
+    assert rows[2]["mAP"] == pytest.approx(metrics["ablation"][3]["mAP"])
+    from vreid.report import write_report
+
+    page = write_report(cfg.run_dir, tiny_manifest, cfg.postprocess.name, "cfg", {}).read_text()
+    table = page.split("<h2>Re-ranking level comparison</h2>")[1].split("<h2>")[0]
+    assert [table.count(f"<td>{n}</td>") for n in ("image-level RR", "AF-TRR", "WF-TRR")] == [1, 1, 1]
+    assert f"<td>{100 * rows[2]['mAP']:.2f}</td>" in table
+
+
+def test_bad_comparison_entry_fails_before_work_naming_it(tiny_stores):
+    cfg, _ = tiny_stores
+    cfg = cfg.model_copy(deep=True)
+    cfg.postprocess.name = "bad-comparison"
+    cfg.postprocess.comparison = PostprocessConfig.model_validate({"comparison": [
+        {"name": "cv-first", "steps": [{"step": "camera_verification"}, {"step": "rerank", "level": "image"}]}],
+    }).comparison
+    with pytest.raises(Exception, match=r"postprocess.comparison 'cv-first': .*camera_verification.* must come"):
+        postprocess_run(cfg)
+    assert not (Path(cfg.run_dir) / "results" / "bad-comparison").exists(), "nothing written"
+    with pytest.raises(ValueError, match=r"comparison entry 'typo': steps.0: Input tag 'rerankk'"):
+        PostprocessConfig.model_validate({"comparison": [{"name": "typo", "steps": [{"step": "rerankk"}]}]})
+    with pytest.raises(ValueError, match=r"comparison entries \['a'\] appear more than once"):
+        PostprocessConfig.model_validate({"comparison": [{"name": "a", "steps": [{"step": "rerank"}]}] * 2})
 
 
 def test_predicted_cameras_need_the_camera_models_class_ids():

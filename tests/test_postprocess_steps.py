@@ -14,10 +14,10 @@ from vreid.postprocess.attribute_constraint import attribute_constraint
 from vreid.postprocess.bias_fusion import bias_fusion
 from vreid.postprocess.camera_bias import camera_whitening, remove_camera_mean
 from vreid.postprocess.camera_verification import camera_verification, predict_camids
-from vreid.postprocess.ensemble import ensemble_features, l2_normalize, pairwise_sq_distances
+from vreid.postprocess.ensemble import ensemble_features, l2_normalize
+from vreid.postprocess.kernels import squared_distances, topk
 from vreid.postprocess.group_rerank import group_rerank
 from vreid.postprocess.query_expansion import dbscan_query_expansion, group_queries
-from vreid.postprocess.ranking import topk_from_distances
 from vreid.postprocess.temporal_filter import temporal_filter
 from vreid.postprocess.tracklets import (
     average_tracklet_features,
@@ -69,22 +69,6 @@ def test_ensemble_bad_input():
         ensemble_features([], [])
     with pytest.raises(ValueError, match="list"):
         ensemble_features(a, [1.0])
-
-
-def test_pairwise_sq_distances_matches_brute_force_in_chunks():
-    rng = np.random.default_rng(0)
-    q, g = _unit(rng, 7, 5), _unit(rng, 11, 5)
-    brute = ((q[:, None, :].astype(np.float64) - g[None, :, :]) ** 2).sum(-1)
-    for chunk in (None, 1, 3, 100):
-        d = pairwise_sq_distances(q, g, chunk=chunk)
-        assert d.shape == (7, 11) and d.dtype == np.float32
-        np.testing.assert_allclose(d, brute, atol=1e-5)
-    same = pairwise_sq_distances(q, q)
-    assert (same >= 0).all() and np.abs(np.diag(same)).max() < 1e-5
-    with pytest.raises(ValueError, match="feature dim 4, expected 5"):
-        pairwise_sq_distances(q, g[:, :4])
-    with pytest.raises(ValueError, match="chunk"):
-        pairwise_sq_distances(q, g, chunk=0)
 
 
 # --------------------------------------------------------------------------- camera bias
@@ -375,7 +359,7 @@ def test_temporal_filter():
     # q0: g1 is 100 away > 60 -> +5; g2 at 50 kept; unknown g3 kept. q1 unknown: nothing.
     np.testing.assert_allclose(out, [[0.1, 5.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]], atol=1e-6)
     auto = temporal_filter(d, tq, tg, tau=10.0)  # g1, g2 far: pushed behind g0, g3, order kept
-    idx, _ = topk_from_distances(auto, 4)
+    idx, _ = topk(auto, 4)
     np.testing.assert_array_equal(idx[0], [0, 3, 1, 2])
     np.testing.assert_allclose(auto[0], [0.1, 0.2 + 1.3, 0.3 + 1.3, 0.4], atol=1e-6)
     inf = temporal_filter(d, tq, tg, tau=10.0, penalty=np.inf)
@@ -387,39 +371,13 @@ def test_temporal_filter():
         temporal_filter(d, tq, tg[:3], tau=1.0)
 
 
-# --------------------------------------------------------------------------- ranking
-
-
-def test_topk_sorted_with_stable_ties():
-    d = np.array([[0.5, 0.1, 0.5, 0.1, 0.5, 0.0], [3.0, 2.0, 1.0, 1.0, 1.0, 1.0]])
-    idx, val = topk_from_distances(d, 3)
-    np.testing.assert_array_equal(idx, [[5, 1, 3], [2, 3, 4]])
-    np.testing.assert_allclose(val, [[0.0, 0.1, 0.1], [1.0, 1.0, 1.0]])
-    idx, _ = topk_from_distances(d, 4)
-    np.testing.assert_array_equal(idx, [[5, 1, 3, 0], [2, 3, 4, 5]])
-    rng = np.random.default_rng(3)
-    r = rng.integers(0, 5, size=(40, 30)).astype(np.float32)  # many ties
-    for k in (1, 7, 30):
-        for chunk in (None, 7):
-            idx, val = topk_from_distances(r, k, chunk=chunk)
-            ref = np.argsort(r, axis=1, kind="stable")[:, :k]
-            np.testing.assert_array_equal(idx, ref)
-            np.testing.assert_array_equal(val, np.take_along_axis(r, ref, axis=1))
-    with pytest.raises(ValueError, match="k must be"):
-        topk_from_distances(d, 7)
-    with pytest.raises(ValueError, match="k must be"):
-        topk_from_distances(d, 0)
-    with pytest.raises(ValueError, match=r"NaN in query rows \[1\]"):
-        topk_from_distances(np.array([[0.0, 1.0], [np.nan, 1.0]]), 1)
-
-
 # --------------------------------------------------------------------------- group re-ranking
 
 
 def test_group_rerank_insertion_order():
     d = np.array([[0.1, 0.5, 0.9, 0.2, 0.8, 0.3, 0.7, 0.95]])
     tracks = np.array([0, 1, 0, 2, 1, 2, 0, 3])
-    idx, _ = topk_from_distances(d, 5)
+    idx, _ = topk(d, 5)
     np.testing.assert_array_equal(idx, [[0, 3, 5, 1, 6]])
     out = group_rerank(idx, d, tracks, theta=0.25)
     # Anchors (d < 0.25): g0 (track 0), g3 (track 2). After g0 its track mates g6 (0.7), g2
@@ -430,7 +388,7 @@ def test_group_rerank_insertion_order():
     out = group_rerank(idx, d, tracks, theta=0.75)
     # Anchors g0 (t0), g3 (t2), g5 (t2, expanded), g1 (t1), g6 (t0, expanded): 0 6 2 3 5 | 1 4 ...
     np.testing.assert_array_equal(out, [[0, 6, 2, 3, 5]])
-    full, _ = topk_from_distances(d, 8)
+    full, _ = topk(d, 8)
     np.testing.assert_array_equal(group_rerank(full, d, tracks, theta=0.75)[0], [0, 6, 2, 3, 5, 1, 4, 7])
     # A track mate listed *before* the anchor stays where it is.
     d2 = np.array([[0.3, 0.1, 0.2]])
@@ -473,7 +431,7 @@ def test_camera_mean_removal_raises_map():
     q, g = is_q, ~is_q
 
     def m_ap(feats):
-        d = pairwise_sq_distances(feats[q], feats[g])
+        d = squared_distances(feats[q], feats[g])
         return evaluate(d, pids[q], pids[g], cams[q], cams[g]).mAP
 
     before = m_ap(x)
@@ -506,10 +464,10 @@ def test_weighted_tracklet_features_raise_map_on_noisy_tracks():
     def m_ap(d):
         return evaluate(d, q_pids, g_pids, q_cams, g_cams).mAP
 
-    image_level = m_ap(pairwise_sq_distances(q, g))
+    image_level = m_ap(squared_distances(q, g))
     ids_af, tf_af = average_tracklet_features(g, g_tracks)
-    af = m_ap(image_to_track_distances(pairwise_sq_distances(q, tf_af), g_tracks, ids_af))
+    af = m_ap(image_to_track_distances(squared_distances(q, tf_af), g_tracks, ids_af))
     ids_wf, tf_wf = weighted_tracklet_features(q, g, g_tracks)
-    wf = m_ap(image_to_track_distances(pairwise_sq_distances(q, tf_wf), g_tracks, ids_wf))
+    wf = m_ap(image_to_track_distances(squared_distances(q, tf_wf), g_tracks, ids_wf))
     assert wf > image_level + 0.15, (image_level, af, wf)
     assert wf > af + 0.02, (image_level, af, wf)

@@ -33,7 +33,9 @@ def _run_dir(tmp: Path, manifest) -> Path:
     rows = [{"step": s, "mAP": m, "mAP@100": m, "rank-1": r, "rank-5": r, "rank-10": r, "mINP": m / 2,
              "cmc": [min(1.0, r + 0.05 * i) for i in range(10)]} for s, m, r in (("features", 0.4, 0.5),
                                                                               ("rerank", 0.5, 0.6))]
-    (res / "metrics.json").write_text(json.dumps({"name": "final", "ablation": rows, "final": rows[-1]}))
+    comparison = [{**rows[-1], "step": n, "name": n} for n in ("image-level RR", "AF-TRR", "WF-TRR")]
+    (res / "metrics.json").write_text(json.dumps({"name": "final", "ablation": rows, "final": rows[-1],
+                                                  "comparison": comparison}))
     pq.write_table(pa.table({"query_id": q, "gallery_ids": [g[i % 7:i % 7 + 10] for i in range(len(q))]}),
                    res / "rankings.parquet")
     (tmp / "models" / "bot").mkdir(parents=True)

@@ -317,6 +317,25 @@ class EnsembleConfig(StrictModel):
     attribute_model: str | None = Field(None, description="store with color_prob / type_prob")
 
 
+class ComparisonEntry(StrictModel):
+    """One post-processing variant scored beside the main step list on the same features (001 Table 1
+    in kind: image-level re-ranking, AF-TRR, WF-TRR)."""
+
+    name: str = Field(min_length=1, description="the row's name in metrics.json and the report")
+    steps: list[PostprocessStep] = Field(min_length=1, description="applied in this order, as postprocess.steps")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _named(cls, data: Any, handler):
+        """Errors inside an entry name the entry, not only its list index."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            name = data.get("name") if isinstance(data, dict) else None
+            why = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(entry)'}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"comparison entry {name!r}: {why}") from None
+
+
 class PostprocessConfig(StrictModel):
     name: str = "final"
     ensemble: EnsembleConfig = EnsembleConfig()
@@ -326,10 +345,22 @@ class PostprocessConfig(StrictModel):
     actor_max_restarts: int = Field(
         2, ge=0, description="times the post-process actor is restarted (and its call retried) when it dies, "
                              "e.g. with its node; its outputs are written atomically, so a retry redoes them whole")
+    comparison: list[ComparisonEntry] = Field(
+        default_factory=list, description="variants run by the post-process actor after the main steps, from the same "
+                                          "features; one row each in metrics.json 'comparison' and the report's "
+                                          "'Re-ranking level comparison' (001 Table 1 in kind)")
 
     @model_validator(mode="after")
     def _resources(self) -> PostprocessConfig:
         check_custom_resources(self.actor_resources, "postprocess.actor_resources")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_comparison_names(self) -> "PostprocessConfig":
+        names = [c.name for c in self.comparison]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"comparison entries {dup} appear more than once: each name is one row")
         return self
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ReIDMetrics", "ReIDEvaluator", "evaluate", "evaluate_ranked"]
+__all__ = ["ReIDMetrics", "ReIDEvaluator", "evaluate", "evaluate_ranked", "evaluate_tracks"]
 
 # Query rows per chunk are chosen so one chunk holds about this many (query, gallery) cells.
 _CHUNK_CELLS = 1 << 22
@@ -186,12 +186,18 @@ class _GalleryLabels:
 def _ranked_stats(order, q_codes, q_camids, g_codes, g_camids, npos, top_k_ap):
     """Per-query AP, INP and first-positive rank from ranked gallery indices ``order`` (n, K).
 
-    Only the same-pid cells of the ranking are visited after one gather + compare: their rank in
-    the junk-removed list is their column minus the junk cells before them in the row.
+    Only the same-pid cells of the ranking are visited after one gather + compare.
     """
-    n = len(q_codes)
     rows, cols = np.nonzero(g_codes[order] == q_codes[:, None])  # row-major: cols ascend per row
     junk = g_camids[order[rows, cols]] == q_camids[rows]
+    return _cell_stats(len(q_codes), rows, cols, junk, npos, top_k_ap)
+
+
+def _cell_stats(n, rows, cols, junk, npos, top_k_ap):
+    """Per-query AP, INP and first-positive rank from the same-pid cells of n rankings: ``rows``
+    (query), ``cols`` (0-based position in the query's full ranking), row-major with ``cols``
+    ascending per row, ``junk`` (same camera). A cell's rank in the junk-removed list is its
+    position minus the junk cells before it in the row."""
     junk_seen = np.cumsum(junk) - junk  # junk cells before each cell, counted over all rows
     per_row = np.bincount(rows, minlength=n)
     row_start = np.cumsum(per_row) - per_row
@@ -211,6 +217,22 @@ def _ranked_stats(order, q_codes, q_camids, g_codes, g_camids, npos, top_k_ap):
     last = hit == npos[r]  # the last positive is listed only when the list covers them all
     inp[r[last]] = hit[last] / rank[last]
     return ap, inp, first_rank
+
+
+def _summarise(parts: list[tuple[np.ndarray, ...]], max_rank: int) -> "ReIDMetrics":
+    """Mean AP / INP and CMC over the queries with a positive, from per-query parts."""
+    ap, inp, first_rank, npos = (np.concatenate(a) for a in zip(*parts))
+    valid = npos > 0
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        raise ValueError(
+            "no query has a positive in the gallery (same pid, other camera): "
+            "nothing to evaluate"
+        )
+    hist = np.bincount(np.minimum(first_rank[valid], max_rank + 1), minlength=max_rank + 2)
+    cmc = np.cumsum(hist[1:max_rank + 1]) / n_valid
+    cmc.setflags(write=False)
+    return ReIDMetrics(float(ap[valid].mean()), float(inp[valid].mean()), cmc, n_valid)
 
 
 class ReIDEvaluator:
@@ -276,19 +298,7 @@ class ReIDEvaluator:
         """Metrics over every query processed since the last ``reset()``."""
         if not self._parts:
             raise ValueError("no queries processed: call process() before evaluate()")
-        ap, inp, first_rank, npos = (np.concatenate(a) for a in zip(*self._parts))
-        valid = npos > 0
-        n_valid = int(valid.sum())
-        if n_valid == 0:
-            raise ValueError(
-                "no query has a positive in the gallery (same pid, other camera): "
-                "nothing to evaluate"
-            )
-        hist = np.bincount(np.minimum(first_rank[valid], self.max_rank + 1),
-                           minlength=self.max_rank + 2)
-        cmc = np.cumsum(hist[1:self.max_rank + 1]) / n_valid
-        cmc.setflags(write=False)
-        return ReIDMetrics(float(ap[valid].mean()), float(inp[valid].mean()), cmc, n_valid)
+        return _summarise(self._parts, self.max_rank)
 
 
 def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
@@ -313,3 +323,66 @@ def evaluate_ranked(ranked, q_pids, g_pids, q_camids, g_camids, max_rank: int = 
     ev = ReIDEvaluator(g_pids, g_camids, max_rank=max_rank, top_k_ap=top_k_ap)
     ev.process(q_pids, q_camids, ranked=ranked)
     return ev.evaluate()
+
+
+def evaluate_tracks(track_dist, item_of_image, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
+                    top_k_ap: int | None = None, chunk_rows: int | None = None, *,
+                    also_top_k_ap: int | None = None) -> ReIDMetrics | tuple[ReIDMetrics, ReIDMetrics]:
+    """Metrics of the image ranking that tiles ranked gallery items, from (Q, T) item distances.
+
+    Every image of item t takes ``track_dist[:, t]`` (001 §3.4 "tile tracks images"): per query the
+    items are ranked by ascending distance (stable: ties by item index) and each item's images
+    follow in a row, in gallery order. The result equals :func:`evaluate_ranked` of that (Q, G)
+    ranking (and :func:`evaluate` of the tiled (Q, G) distances when no two items tie), with the
+    same junk rule (same pid and camera; camid -1 is a camera), but no (Q, G) array is built:
+    per query only the (Q, T) item ranking and the query's same-pid gallery images are visited.
+    ``also_top_k_ap=100`` also returns the AI City score from the same ranking: ``(metrics, top)``.
+    """
+    _check_options(max_rank, top_k_ap)
+    _check_options(max_rank, also_top_k_ap)
+    q_pids, q_camids = _check_queries(q_pids, q_camids)
+    g_pids, g_camids = _labels("g_pids", g_pids), _labels("g_camids", g_camids)
+    item = _labels("item_of_image", item_of_image)
+    if not len(g_camids) == len(g_pids) == len(item) or len(g_pids) == 0:
+        raise ValueError(f"g_pids ({len(g_pids)}), g_camids ({len(g_camids)}) and item_of_image ({len(item)}) "
+                         "must have one entry per gallery image (at least one)")
+    d = np.asarray(track_dist)
+    if d.ndim != 2 or d.shape[0] != len(q_pids):
+        raise ValueError(f"track_dist has shape {d.shape}, expected (len(q_pids)={len(q_pids)}, T)")
+    n_items = d.shape[1]
+    if item.min() < 0 or item.max() >= n_items:
+        raise ValueError(f"item_of_image must lie in [0, T={n_items}), got [{item.min()}, {item.max()}]")
+    sizes = np.bincount(item, minlength=n_items)
+    members = np.argsort(item, kind="stable")
+    offset = np.empty(len(item), np.int64)  # position of an image inside its item (gallery order)
+    offset[members] = np.arange(len(item)) - (np.cumsum(sizes) - sizes)[item[members]]
+    labels = _GalleryLabels(g_pids, g_camids)
+    q_codes = labels.query_codes(q_pids)
+    npos = labels.num_positives(q_codes, q_camids)
+    by_pid = np.argsort(labels.pid_code, kind="stable")  # gallery images grouped by pid code
+    pid_len = np.bincount(labels.pid_code, minlength=len(labels.pid_table))
+    pid_start = np.cumsum(pid_len) - pid_len
+    step = chunk_rows or max(1, _CHUNK_CELLS // max(1, n_items))
+    parts, top_parts = [], []
+    for s in range(0, len(q_pids), step):
+        block = d[s:s + step]
+        n = len(block)
+        order = _argsort_checked(block, s)  # (n, T) items ranked
+        ranked_sizes = sizes[order]
+        item_start = np.empty_like(order)  # first position of each item in the tiled ranking
+        np.put_along_axis(item_start, order, np.cumsum(ranked_sizes, axis=1) - ranked_sizes, axis=1)
+        codes = q_codes[s:s + step].astype(np.int64)
+        lens = np.where(codes >= 0, pid_len[np.maximum(codes, 0)], 0)
+        rows = np.repeat(np.arange(n), lens)
+        within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        imgs = by_pid[np.repeat(pid_start[np.maximum(codes, 0)], lens) + within]
+        cols = item_start[rows, item[imgs]] + offset[imgs]
+        o = np.lexsort((cols, rows))
+        rows, cols, imgs = rows[o], cols[o], imgs[o]
+        junk = g_camids[imgs] == q_camids[s:s + step][rows]
+        parts.append((*_cell_stats(n, rows, cols, junk, npos[s:s + step], top_k_ap), npos[s:s + step]))
+        if also_top_k_ap is not None:
+            top_parts.append((*_cell_stats(n, rows, cols, junk, npos[s:s + step], also_top_k_ap), npos[s:s + step]))
+    if also_top_k_ap is None:
+        return _summarise(parts, int(max_rank))
+    return _summarise(parts, int(max_rank)), _summarise(top_parts, int(max_rank))

@@ -27,6 +27,8 @@ from vreid.postprocess.pipeline import (
     PostprocessResult,
     Side,
     ablation_table,
+    check_comparison,
+    run_comparison,
     run_postprocess,
 )
 
@@ -90,8 +92,9 @@ def load_inputs(cfg: RunConfig, manifest: pa.Table, store_set: str = "test") -> 
 
 
 def write_results(inputs: PostprocessInputs, result: PostprocessResult, out_dir: str | Path,
-                  config: PostprocessConfig) -> Path:
-    """``rankings.parquet``, ``track2.txt``, ``metrics.json`` (+ the resolved config), atomically."""
+                  config: PostprocessConfig, comparison: list[dict[str, Any]] | None = None) -> Path:
+    """``rankings.parquet``, ``track2.txt``, ``metrics.json`` (ablation, final, the comparison rows;
+    + the resolved config), atomically."""
     from vreid.eval import write_submission
 
     out = Path(out_dir)
@@ -110,7 +113,8 @@ def write_results(inputs: PostprocessInputs, result: PostprocessResult, out_dir:
     pq.write_table(table, tmp / "rankings.parquet")
     rows, num_gallery = submission_rows(inputs, result)
     write_submission(rows, tmp / "track2.txt", num_gallery=num_gallery)
-    metrics = {"name": config.name, "ablation": result.ablation, "final": result.final}
+    metrics = {"name": config.name, "ablation": result.ablation, "final": result.final,
+               "comparison": comparison or []}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (tmp / "postprocess.json").write_text(config.model_dump_json(indent=1))
     if out.exists():
@@ -159,12 +163,14 @@ class PostprocessActor:
     def run(self, pcfg: dict[str, Any], out_dir: str | None = None) -> dict[str, Any]:
         config = PostprocessConfig.model_validate(pcfg)
         inputs = self.inputs_ref()
+        check_comparison(inputs, config)  # a bad comparison entry fails before any work
         pause_point("postprocess.run", results=config.name)
         result = run_postprocess(inputs, config, self.cache)
+        comparison = run_comparison(inputs, config, self.cache)
         if out_dir is not None:
-            write_results(inputs, result, out_dir, config)
-        return {"ablation": result.ablation, "final": result.final, "indices": result.indices,
-                "distances": result.distances}
+            write_results(inputs, result, out_dir, config, comparison)
+        return {"ablation": result.ablation, "final": result.final, "comparison": comparison,
+                "indices": result.indices, "distances": result.distances}
 
 
 def postprocess_run(cfg: RunConfig, pcfg: PostprocessConfig | None = None, store_set: str = "test") -> dict:
@@ -183,5 +189,7 @@ def postprocess_run(cfg: RunConfig, pcfg: PostprocessConfig | None = None, store
     ray.kill(actor)
     if out["ablation"]:
         log.info("ablation (%s):\n%s", pcfg.name, ablation_table(out["ablation"]))
+    if out["comparison"]:
+        log.info("re-ranking level comparison:\n%s", ablation_table(out["comparison"]))
     log.info("results written to %s", out_dir)
     return {**out, "out_dir": out_dir}

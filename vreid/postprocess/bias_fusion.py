@@ -9,7 +9,7 @@ paper swaps the names of D_c and D_o in its sentence; the released code
 camera and λ2 = 0.05 with the orientation distance, as here.
 
 The caller computes D_c / D_o as (Q, G) blocks with
-:func:`vreid.postprocess.ensemble.pairwise_sq_distances` (or at track level, like D_r).
+:func:`vreid.postprocess.kernels.squared_distances` (or at track level, like D_r).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ query and gallery feature becomes f ← P_c (f − m_c), then L2-normalised (eac
 camera's P_c and m_c). :func:`camera_whitening` implements exactly that form; pass the gallery
 as ``ref_features`` / ``ref_camids`` when transforming queries to match the code. The code then
 averages the distance matrices computed from the raw and from the fused features: that
-averaging is the caller's job (two :func:`~vreid.postprocess.ensemble.pairwise_sq_distances`
+averaging is the caller's job (two :func:`~vreid.postprocess.kernels.squared_distances`
 blocks, mean of the two).
 
 Camera ids must be known (>= 0): an image with camid −1 has no camera mean. Use

@@ -6,7 +6,8 @@ Ensemble"; the VehicleNet released code also divides each normalised part by √
 with unit weights the concatenation has unit norm again).
 
 All distances in ``vreid.postprocess`` are squared Euclidean on L2-normalised features unless a
-function says otherwise; :func:`pairwise_sq_distances` is the one place they are computed.
+function says otherwise; :func:`vreid.postprocess.kernels.squared_distances` is the one place they
+are computed.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ import numpy as np
 
 from vreid.postprocess.checks import as_features
 
-__all__ = ["l2_normalize", "ensemble_features", "pairwise_sq_distances"]
+__all__ = ["l2_normalize", "ensemble_features"]
 
-# Query rows per chunk are chosen so that one chunk holds about this many (query, gallery) cells.
-_CHUNK_CELLS = 1 << 22
 
 
 def l2_normalize(x, eps: float = 1e-12) -> np.ndarray:
@@ -78,30 +77,4 @@ def ensemble_features(
     for p, wi in zip(parts, w):
         out[:, start : start + p.shape[1]] = l2_normalize(p) * np.float32(wi)
         start += p.shape[1]
-    return out
-
-
-def pairwise_sq_distances(query, gallery, chunk: int | None = None) -> np.ndarray:
-    """(Q, G) float32 squared Euclidean distances |q|² + |g|² − 2 q·g, clipped at 0.
-
-    Computed with one matrix product per chunk of ``chunk`` query rows (default: about 4M cells
-    per chunk), so temporaries stay O(chunk × G). Only the query × gallery block is built.
-    """
-    q = as_features("query", query)
-    g = as_features("gallery", gallery, dim=q.shape[1])
-    if chunk is None:
-        chunk = max(1, _CHUNK_CELLS // max(1, g.shape[0]))
-    elif int(chunk) != chunk or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
-    chunk = int(chunk)
-    q_sq = np.einsum("ij,ij->i", q, q, dtype=np.float64).astype(np.float32)
-    g_sq = np.einsum("ij,ij->i", g, g, dtype=np.float64).astype(np.float32)
-    out = np.empty((q.shape[0], g.shape[0]), dtype=np.float32)
-    for s in range(0, q.shape[0], chunk):
-        block = out[s : s + chunk]
-        np.matmul(q[s : s + chunk], g.T, out=block)
-        block *= np.float32(-2.0)
-        block += q_sq[s : s + chunk, None]
-        block += g_sq[None, :]
-        np.maximum(block, np.float32(0.0), out=block)
     return out

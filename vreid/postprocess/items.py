@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vreid.postprocess.checks import as_ids
+from vreid.postprocess.kernels import squared_distances, topk
 
 __all__ = ["Side", "PostprocessInputs", "GalleryItems", "ItemState", "tile_ranking"]
 
@@ -165,14 +166,11 @@ def tile_ranking(item_dist: np.ndarray, items: GalleryItems, query_features: np.
     distance (ties: lower item index), each item's images in a row, nearest image to the query
     first (ties: lower gallery index); every image carries its item's distance. Only the items
     that reach the first ``k`` images are expanded. Returns ``(indices, distances)`` (Q, k)."""
-    from vreid.postprocess.ensemble import pairwise_sq_distances
-    from vreid.postprocess.ranking import topk_from_distances
-
     nq, n_items = item_dist.shape
     sizes = items.sizes
     # enough items to cover k images: at most k items (each holds >= 1 image)
     n_top = min(n_items, k)
-    top_items, top_d = topk_from_distances(item_dist, n_top)
+    top_items, top_d = topk(item_dist, n_top)
     counts = sizes[top_items]
     covered = np.cumsum(counts, axis=1)
     need = np.minimum((covered < k).sum(axis=1) + 1, n_top)  # items per query up to k images
@@ -182,7 +180,7 @@ def tile_ranking(item_dist: np.ndarray, items: GalleryItems, query_features: np.
         its = top_items[q, : need[q]]
         imgs = np.concatenate([items.members[items.starts[t]: items.starts[t + 1]] for t in its])
         slot = np.repeat(np.arange(len(its)), sizes[its])
-        d_img = pairwise_sq_distances(query_features[q: q + 1], gallery_images[imgs])[0]
+        d_img = squared_distances(query_features[q: q + 1], gallery_images[imgs])[0]
         order = np.lexsort((imgs, d_img, slot))[:k]
         indices[q] = imgs[order]
         distances[q] = top_d[q, slot[order]]

@@ -16,7 +16,9 @@ neighbour; rows where it cannot are redone with every point within ``v + err``. 
 rows (e.g. gallery images sharing their track's feature) are one point each: the graph of the
 distinct values is expanded to their copies, so no row falls back because of them. The result therefore does not depend on the backend, the tile
 size or BLAS. Ties are broken deterministically by the key ``(distance, j != i, j)``: self first
-among equal distances, then lower index.
+among equal distances, then lower index. Distances and every top-k selection go through
+:mod:`vreid.postprocess.kernels`; the torch / faiss backends pick their float32 candidates on their
+device (``torch.topk``, faiss search) and hand them to the same exact re-scoring and selection.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from vreid.postprocess.kernels import pair_squared_distances, sq_norms, squared_distances, topk
+
 __all__ = [
     "KNNGraph",
     "knn_graph",
     "knn_graph_from_blocks",
-    "exact_pair_sqdist",
-    "sq_norms",
     "resolve_backend",
     "auto_chunk_size",
     "BACKENDS",
@@ -182,62 +184,12 @@ def validate_features(x: np.ndarray, name: str = "features") -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def sq_norms(x: np.ndarray) -> np.ndarray:
-    """Squared norms in float64 (products of float32 values are exact in float64)."""
-    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
-
-
-def exact_pair_sqdist(
-    x: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    sq: np.ndarray | None = None,
-    max_elems: int = 2**18,
-) -> np.ndarray:
-    """Squared Euclidean distances of index pairs, ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` in float64.
-
-    ``rows`` is (P,) and ``cols`` (P,) or (P, c); returns an array shaped like ``cols``. For
-    float32 features every product is exact in float64, so the only rounding is the float64
-    summation (|error| ~ 1e-15 for unit vectors). The value of a pair depends only on the two
-    vectors, never on their positions: symmetric, identical for identical inputs, so ties are
-    reproducible. Negative round-off is clipped to 0 and d(i, i) is exactly 0.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    cols = np.asarray(cols, dtype=np.int64)
-    if sq is None:
-        sq = sq_norms(x)
-    flat = cols.ndim == 1
-    c2 = cols[:, None] if flat else cols
-    p, c = c2.shape
-    d = x.shape[1]
-    dots = np.empty((p, c), dtype=np.float64)
-    if flat:  # small steps keep both gathered operands in cache
-        step = max(1, max_elems // (8 * d))
-        for s in range(0, p, step):
-            e = min(p, s + step)
-            np.einsum("pd,pd->p", x[rows[s:e]], x[cols[s:e]], dtype=np.float64, out=dots[s:e, 0])
-    else:
-        step = max(1, max_elems // max(1, c * d))
-        for s in range(0, p, step):
-            e = min(p, s + step)
-            np.einsum("bcd,bd->bc", x[c2[s:e]], x[rows[s:e]], dtype=np.float64, out=dots[s:e])
-    out = sq[rows, None] + sq[c2]
-    out -= 2.0 * dots
-    np.maximum(out, 0.0, out=out)
-    out[c2 == rows[:, None]] = 0.0
-    return out[:, 0] if flat else out
-
-
-def _sort_key_order(vals: np.ndarray, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Row-wise order by the key (value, col != row, col)."""
-    return np.lexsort((cols, cols != rows[:, None], vals), axis=-1)
-
-
 def _select_exact_from_candidates(
     vals: np.ndarray, cols: np.ndarray, rows: np.ndarray, kk: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    order = _sort_key_order(vals, cols, rows)[:, :kk]
-    return np.take_along_axis(cols, order, 1), np.take_along_axis(vals, order, 1)
+    """The kk best candidates of each row by the key (value, col != row, col)."""
+    pos, v = topk(vals, kk, tiebreak=(cols != rows[:, None], cols))
+    return np.take_along_axis(cols, pos, 1), v
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -254,8 +206,7 @@ def _combine(
     kc = cand_i.shape[1]
     pv = np.concatenate([cand_v[grows], new_v], axis=1)
     pi = np.concatenate([cand_i[grows], new_i], axis=1)
-    sel = np.argpartition(pv, kc - 1, axis=1)[:, :kc]
-    cand_v[grows] = np.take_along_axis(pv, sel, 1)
+    sel, cand_v[grows] = topk(pv, kc)
     cand_i[grows] = np.take_along_axis(pi, sel, 1)
     thr[grows] = cand_v[grows].max(axis=1)
 
@@ -277,11 +228,8 @@ def _merge_candidates(
         fr = np.flatnonzero(full) if nfull < br else slice(None)
         tf = t[fr] if nfull < br else t
         m = min(kc, bc)
-        if m < bc:
-            part = np.argpartition(tf, m - 1, axis=1)[:, :m]
-        else:
-            part = np.broadcast_to(np.arange(bc), (tf.shape[0], bc))
-        _combine(rows[fr], np.take_along_axis(tf, part, 1), cs + part, cand_i, cand_v, thr)
+        part, pv = topk(tf, m)
+        _combine(rows[fr], pv, cs + part, cand_i, cand_v, thr)
         if nfull == br:
             return
     rest = np.flatnonzero(~full)
@@ -340,12 +288,9 @@ def _numpy_candidate_blocks(x32: np.ndarray, sq: np.ndarray, kc: int, tile: int)
     for bi, s0 in enumerate(starts):
         e0 = min(n, s0 + tile)
         rows0 = np.arange(s0, e0)
-        xi = x32[s0:e0] * np.float32(-2.0)  # exact scaling
         for s1 in starts[bi:]:
             e1 = min(n, s1 + tile)
-            t = xi @ x32[s1:e1].T  # -2 x_i.x_j, float32
-            t += sq32[s0:e0, None]
-            t += sq32[None, s1:e1]  # approximate d_ij, symmetric
+            t = squared_distances(x32[s0:e0], x32[s1:e1], a_sq=sq32[s0:e0], b_sq=sq32[s1:e1])  # symmetric
             row_max(t, rows0, s1)
             _merge_candidates(t, s1, rows0, cand_i, cand_v, thr)
             if s1 != s0:
@@ -481,27 +426,26 @@ def knn_graph(
         thr[:] = np.inf
     # Only candidates whose approximate value is within 2 err of the kk-th can be among the kk
     # nearest (the others are provably farther): re-score those, each symmetric pair once.
-    order = np.argsort(cval, axis=1)
+    order, cval = topk(cval, kc)
     cand = np.take_along_axis(cand, order, 1)
-    cval = np.take_along_axis(cval, order, 1)
     need = cval <= (cval[:, kk - 1] + 2.0 * err)[:, None]
     pi = np.repeat(np.arange(n, dtype=np.int64), np.count_nonzero(need, axis=1))
     pj = cand[need]
     keys, inv = np.unique(np.minimum(pi, pj) * n + np.maximum(pi, pj), return_inverse=True)
     vals = np.full((n, kc), np.inf)
-    vals[need] = exact_pair_sqdist(x, keys // n, keys % n, sq)[inv]
+    vals[need] = pair_squared_distances(x, keys // n, keys % n, sq)[inv]
     rows = np.arange(n)
     indices, distances = _select_exact_from_candidates(vals, cand, rows, kk)
     # Provably complete iff every non-candidate is farther than the kk-th exact value; else redo
     # the row with every point whose approximate distance is within v + err.
     sq32 = sq.astype(np.float32)
     for r in np.flatnonzero(~(distances[:, -1] + err < thr)):
-        approx = sq32[r] + sq32 - np.float32(2.0) * (x32 @ x32[r])
+        approx = squared_distances(x32[r: r + 1], x32, a_sq=sq32[r: r + 1], b_sq=sq32)[0]
         c = np.union1d(np.flatnonzero(approx <= distances[r, -1] + err[r]), cand[r][need[r]])
-        v = exact_pair_sqdist(x, np.full(1, r), c[None, :], sq)
+        v = pair_squared_distances(x, np.full(1, r), c[None, :], sq)
         i2, d2 = _select_exact_from_candidates(v, c[None, :], rows[r : r + 1], kk)
         indices[r], distances[r] = i2[0], d2[0]
-    row_max = exact_pair_sqdist(x, rows, amax, sq)
+    row_max = pair_squared_distances(x, rows, amax, sq)
     return KNNGraph(indices, distances.astype(np.float32), row_max)
 
 
@@ -581,21 +525,6 @@ def check_distance_block(block: np.ndarray, shape: tuple[int, int], what: str) -
 
 
 def select_smallest(block: np.ndarray, rows: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """The kk smallest of each row of ``block`` by the key (value, col != row, col), sorted.
-
-    Exact under ties: rows whose kk-th value is tied beyond the selection are resolved by the key.
-    """
-    b, n = block.shape
-    if kk >= n:
-        cols = np.broadcast_to(np.arange(n), (b, n))
-        return _select_exact_from_candidates(block, cols, rows, n)
-    part = np.argpartition(block, kk - 1, axis=1)[:, :kk]
-    pvals = np.take_along_axis(block, part, 1)
-    thr = pvals.max(axis=1)
-    n_le = np.count_nonzero(block <= thr[:, None], axis=1)
-    for r in np.flatnonzero(n_le > kk):
-        c = np.flatnonzero(block[r] <= thr[r])
-        i2, _ = _select_exact_from_candidates(block[r, c][None, :], c[None, :], rows[r : r + 1], kk)
-        part[r] = i2[0]
-    pvals = np.take_along_axis(block, part, 1)
-    return _select_exact_from_candidates(pvals, part, rows, kk)
+    """The kk smallest of each row of ``block`` by the key (value, col != row, col), sorted."""
+    cols = np.arange(block.shape[1])
+    return topk(block, kk, tiebreak=(cols[None, :] != rows[:, None],))

@@ -19,16 +19,16 @@ from typing import Any
 import numpy as np
 
 from vreid.config import PostprocessConfig
-from vreid.eval import evaluate_ranked
-from vreid.postprocess.ensemble import ensemble_features, l2_normalize, pairwise_sq_distances
+from vreid.eval import evaluate_ranked, evaluate_tracks
+from vreid.postprocess.ensemble import ensemble_features, l2_normalize
 from vreid.postprocess.items import GalleryItems, ItemState, Level, PostprocessInputs, Side, tile_ranking
 from vreid.postprocess.knn import KNNGraph, knn_graph
-from vreid.postprocess.ranking import topk_from_distances
+from vreid.postprocess.kernels import squared_distances, topk
 from vreid.postprocess.registry import STAGE_WHAT, PostprocessError, Stage, StepContext, load_steps
 
 __all__ = ["PostprocessError", "PostprocessInputs", "PostprocessResult", "Side", "run_postprocess",
            "prepare_cache", "resolve_level", "feature_state_key", "image_ranking", "ablation_table",
-           "FEATURE_STEPS"]
+           "FEATURE_STEPS", "check_comparison", "run_comparison"]
 
 STEPS = load_steps()
 FEATURE_STEPS = tuple(s.name for s in STEPS if s.stage < Stage.RERANK)
@@ -125,32 +125,18 @@ def _metrics(name: str, inputs: PostprocessInputs, ranked: np.ndarray) -> dict[s
             "cmc": [round(float(c), 5) for c in full.cmc[:20]]}
 
 
-def full_ranking(dist: np.ndarray, items: GalleryItems) -> np.ndarray:
-    """Every gallery image of every query, (Q, G): items by ascending distance (stable), each
-    item's images in a row (gallery order inside an item: within a track every image shows one
-    vehicle, so the order inside it changes no metric). One (Q, T) sort, then a scatter."""
-    order = np.argsort(dist, axis=1, kind="stable")  # (Q, T) items ranked
-    if items.level == "image":
-        return order
-    sizes = items.sizes
-    start = np.cumsum(sizes[order], axis=1) - sizes[order]  # first position of each ranked item
-    item_start = np.empty_like(start)
-    np.put_along_axis(item_start, order, start, axis=1)  # (Q, T) first position of item t
-    offset = np.empty(len(items.item_of_image), np.int64)
-    offset[items.members] = np.arange(len(items.members)) - np.repeat(items.starts[:-1], sizes)
-    pos = item_start[:, items.item_of_image] + offset[None, :]  # (Q, G) position of image g
-    ranked = np.empty_like(pos)
-    np.put_along_axis(ranked, pos, np.broadcast_to(np.arange(pos.shape[1]), pos.shape), axis=1)
-    return ranked
-
-
 def _state_metrics(name: str, inputs: PostprocessInputs, state: ItemState) -> dict[str, Any]:
     """Metrics of the image ranking the state stands for: its ranked lists after a ranking
-    step, else every image ranked by its item's distance (tracks tiled)."""
+    step, else every image ranked by its item's distance (tracks tiled), evaluated from the
+    (Q, T) item distance without a (Q, G) array (:func:`vreid.eval.evaluate_tracks`)."""
     if state.ranked is not None:
         return _metrics(name, inputs, state.ranked)
-    dist = state.dist if state.dist is not None else pairwise_sq_distances(state.query, state.gallery)
-    return _metrics(name, inputs, full_ranking(dist, state.items))
+    dist = state.dist if state.dist is not None else squared_distances(state.query, state.gallery)
+    q, g = inputs.query, inputs.gallery
+    full, top = evaluate_tracks(dist, state.items.item_of_image, q.pids, g.pids, q.camids, g.camids,
+                                also_top_k_ap=100)
+    return {"step": name, **full.as_dict(), "mAP@100": float(top.mAP),
+            "cmc": [round(float(c), 5) for c in full.cmc[:20]]}
 
 
 def feature_state_key(cfg: PostprocessConfig, level: Level = "image", upto: int | None = None) -> str:
@@ -218,7 +204,7 @@ def image_ranking(state: ItemState, ctx: StepContext) -> tuple[np.ndarray, np.nd
     track's images tiled, nearest to the query first."""
     k = min(ctx.top_k, len(ctx.inputs.gallery.pids))
     if state.items.level == "image":
-        return topk_from_distances(state.dist, k)
+        return topk(state.dist, k)
     return tile_ranking(state.dist, state.items, state.query, state.gallery_images, k)
 
 
@@ -249,7 +235,7 @@ def run_postprocess(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: di
     evaluate_steps = with_ablation and inputs.has_ground_truth
     ctx = _context(inputs, cfg, level, cache)
     state, ablation = _feature_state(inputs, cfg, models, ctx, cache, evaluate_steps)
-    state.dist = pairwise_sq_distances(state.query, state.gallery)
+    state.dist = squared_distances(state.query, state.gallery)
     for step_cfg in cfg.steps:
         if step_cfg.step in FEATURE_STEPS:
             continue
@@ -265,6 +251,37 @@ def run_postprocess(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: di
     if inputs.has_ground_truth:
         final = ablation[-1] if evaluate_steps else _state_metrics("final", inputs, state)
     return PostprocessResult(indices, distances.astype(np.float32), ablation, final, level)
+
+
+def _comparison_configs(cfg: PostprocessConfig) -> list[PostprocessConfig]:
+    """Each ``comparison`` entry as a config of its own: the main ensemble and top_k, its steps."""
+    return [cfg.model_copy(update={"name": c.name, "steps": c.steps, "comparison": []}) for c in cfg.comparison]
+
+
+def check_comparison(inputs: PostprocessInputs, cfg: PostprocessConfig) -> None:
+    """Every comparison entry passes the main list's checks (order, stores, options), before any
+    work; an error names the entry."""
+    for c in _comparison_configs(cfg):
+        try:
+            _check(c, inputs, resolve_level(c, inputs))
+        except PostprocessError as exc:
+            raise PostprocessError(f"postprocess.comparison '{c.name}': {exc}") from None
+
+
+def run_comparison(inputs: PostprocessInputs, cfg: PostprocessConfig, cache: dict | None = None
+                   ) -> list[dict[str, Any]]:
+    """The comparison variants on the same features (001 Table 1 in kind: image-level RR, AF-TRR,
+    WF-TRR), one metrics row each (name, level, steps, mAP, ...); empty without ground truth.
+    ``cache`` shares ensembles and k-NN graphs with the main run."""
+    check_comparison(inputs, cfg)
+    if not inputs.has_ground_truth:
+        return []
+    rows = []
+    for c in _comparison_configs(cfg):
+        res = run_postprocess(inputs, c, cache, with_ablation=False)
+        rows.append({**res.final, "step": c.name, "name": c.name, "level": res.level,
+                     "steps": [s.step for s in c.steps]})
+    return rows
 
 
 def ablation_table(rows: list[dict[str, Any]]) -> str:

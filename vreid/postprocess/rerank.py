@@ -27,14 +27,13 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from vreid.postprocess.kernels import pair_squared_distances, sq_norms, squared_distances, topk
 from vreid.postprocess.knn import (
     KNNGraph,
     auto_chunk_size,
     check_distance_block,
-    exact_pair_sqdist,
     knn_graph,
     knn_graph_from_blocks,
-    sq_norms,
     validate_features,
 )
 
@@ -96,17 +95,14 @@ class FeatureDistance:
         for c0 in range(start, stop, self.col_chunk):
             c1 = min(stop, c0 + self.col_chunk)
             xc = self._x64[c0:c1] if self._x64 is not None else self.x[c0:c1].astype(np.float64)
-            np.matmul(xr, xc.T, out=out[:, c0 - start : c1 - start])
-        out *= -2.0
-        out += self.sq[rows, None]
-        out += self.sq[None, start:stop]
-        np.maximum(out, 0.0, out=out)
+            squared_distances(xr, xc, len(rows), a_sq=self.sq[rows], b_sq=self.sq[c0:c1], dtype=np.float64,
+                              out=out[:, c0 - start: c1 - start])
         inside = (rows >= start) & (rows < stop)
         out[np.flatnonzero(inside), rows[inside] - start] = 0.0
         return out
 
     def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return exact_pair_sqdist(self.x, rows, cols, self.sq)
+        return pair_squared_distances(self.x, rows, cols, self.sq)
 
 
 def _block_fn(distance_fn: DistanceFn, n: int) -> Callable[[np.ndarray, int, int], np.ndarray]:
@@ -276,26 +272,6 @@ def _jaccard_overlap(vq: sp.csr_matrix, vg_csc: sp.csc_matrix) -> np.ndarray:
     return np.bincount(key, weights=mins, minlength=b * ng).reshape(b, ng)
 
 
-def _topk_rows(final: np.ndarray, dist: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the k columns smallest by (final, dist, column), in that order."""
-    b, g = final.shape
-    if k >= g:
-        part = np.broadcast_to(np.arange(g), (b, g)).copy()
-    else:
-        part = np.argpartition(final, k - 1, axis=1)[:, :k]
-        thr = np.take_along_axis(final, part, 1).max(axis=1)
-        n_le = np.count_nonzero(final <= thr[:, None], axis=1)
-        for r in np.flatnonzero(n_le > k):  # ties at the boundary: resolve by (dist, column)
-            lt = np.flatnonzero(final[r] < thr[r])
-            eq = np.flatnonzero(final[r] == thr[r])
-            eq = eq[np.lexsort((eq, dist[r, eq]))[: k - len(lt)]]
-            part[r] = np.concatenate([lt, eq])
-    order = np.lexsort(
-        (part, np.take_along_axis(dist, part, 1), np.take_along_axis(final, part, 1)), axis=-1
-    )
-    return np.take_along_axis(part, order, 1)
-
-
 def rerank_from_graph(
     graph: KNNGraph,
     num_query: int,
@@ -376,9 +352,7 @@ def rerank_from_graph(
         if top_k is None:
             out[a:b] = final
         else:
-            sel = _topk_rows(final, dq, top_k)
-            out_i[a:b] = sel
-            out_d[a:b] = np.take_along_axis(final, sel, 1)
+            out_i[a:b], out_d[a:b] = topk(final, top_k, tiebreak=(dq,))  # ties: by d, then index
     return out if top_k is None else (out_i, out_d)
 
 

@@ -21,7 +21,8 @@ import numpy as np
 import scipy.sparse
 
 from vreid.postprocess.checks import as_features, as_ids, as_per_image, check_real
-from vreid.postprocess.ensemble import l2_normalize, pairwise_sq_distances
+from vreid.postprocess.ensemble import l2_normalize
+from vreid.postprocess.kernels import sq_norms, squared_distances
 
 __all__ = [
     "average_tracklet_features",
@@ -113,7 +114,8 @@ def weighted_tracklet_features(
     3. W_j = 1 / (A_j + eps), normalised to sum 1 within T;
     4. f_T = Σ_j W_j f_j (L2-normalised only when ``normalize``).
 
-    Distances are computed in query chunks of ``chunk`` rows (two passes; memory O(chunk × G)).
+    Pass 1 computes query × gallery distances in chunks of ``chunk`` query rows (memory O(chunk × G));
+    pass 2 only the selected queries × each track's images.
     Returns ``(track_ids, track_features)`` with sorted unique track ids, float32 features.
     """
     q = as_features("query", query)
@@ -137,11 +139,12 @@ def weighted_tracklet_features(
         return track_ids, np.zeros((0, g.shape[1]), dtype=np.float32)
     order = np.argsort(codes, kind="stable")
     starts = np.searchsorted(codes[order], np.arange(n_tracks))
+    q_sq, g_sq = sq_norms(q), sq_norms(g)
 
     # Pass 1: min distance of every query to every track, (Q, T).
     track_min = np.empty((q.shape[0], n_tracks), dtype=np.float32)
     for s in range(0, q.shape[0], chunk):
-        d = pairwise_sq_distances(q[s : s + chunk], g)
+        d = squared_distances(q[s : s + chunk], g, a_sq=q_sq[s : s + chunk], b_sq=g_sq)
         track_min[s : s + chunk] = np.minimum.reduceat(d[:, order], starts, axis=1)
     selected = track_min < threshold
     none = ~selected.any(axis=0)
@@ -150,11 +153,14 @@ def weighted_tracklet_features(
         selected[:, none] = sub == sub.min(axis=0, keepdims=True)
     n_sel = selected.sum(axis=0).astype(np.float64)
 
-    # Pass 2: A_j = mean distance of image j to its track's selected queries.
+    # Pass 2: A_j = mean distance of image j to its track's selected queries, per track: only the
+    # selected (query, track) pairs are computed again (a few queries per track), not Q x G.
     acc = np.zeros(g.shape[0], dtype=np.float64)
-    for s in range(0, q.shape[0], chunk):
-        d = pairwise_sq_distances(q[s : s + chunk], g)
-        acc += np.einsum("ij,ij->j", d, selected[s : s + chunk][:, codes], dtype=np.float64)
+    for t in range(n_tracks):
+        imgs = order[starts[t] : starts[t + 1] if t + 1 < n_tracks else len(order)]
+        qs = np.flatnonzero(selected[:, t])
+        d = squared_distances(q[qs], g[imgs], a_sq=q_sq[qs], b_sq=g_sq[imgs])
+        acc[imgs] = d.sum(axis=0, dtype=np.float64)
     a = acc / n_sel[codes]
     w = 1.0 / (a + eps)
     w /= np.bincount(codes, weights=w, minlength=n_tracks)[codes]

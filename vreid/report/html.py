@@ -94,9 +94,9 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]], first: str = "step") -> str:
     cols = ["mAP", "mAP@100", "rank-1", "rank-5", "rank-10", "mINP"]
-    head = "".join(f"<th>{c}</th>" for c in ["step", *cols])
+    head = "".join(f"<th>{c}</th>" for c in [first, *cols])
     body = "".join("<tr><td>" + html.escape(r["step"]) + "</td>" +
                    "".join(f"<td>{100 * r[c]:.2f}</td>" if c in r else "<td></td>" for c in cols) + "</tr>"
                    for r in rows)
@@ -180,6 +180,10 @@ def write_report(run_dir: str | Path, manifest, results_name: str, config_yaml: 
     else:
         sections.append("<h2>Ablation</h2><p>No ground truth for the test split: the ranking was written "
                         "for submission only.</p>")
+    if metrics.get("comparison"):
+        sections.append("<h2>Re-ranking level comparison</h2><p>The same features through each variant of "
+                        "<code>postprocess.comparison</code> (001 Table 1 in kind: image-level re-ranking, AF-TRR, "
+                        "WF-TRR).</p>" + _table(metrics["comparison"], "variant"))
     if (res / "gallery_draws.json").is_file():
         sections.append(gallery_draws_section(json.loads((res / "gallery_draws.json").read_text())))
     pids = {}

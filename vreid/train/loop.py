@@ -145,7 +145,7 @@ def class_centroids(model, rows: pa.Table, labels: np.ndarray, root: Path, trans
 
 def validate(model, val: pa.Table, root: Path, transform, device, batch_size: int) -> dict[str, float]:
     from vreid.eval import evaluate
-    from vreid.postprocess.ensemble import pairwise_sq_distances
+    from vreid.postprocess.kernels import squared_distances
 
     parts = {}
     for split in ("query", "gallery"):
@@ -156,7 +156,7 @@ def validate(model, val: pa.Table, root: Path, transform, device, batch_size: in
     (qf, q), (gf, g) = parts["query"], parts["gallery"]
     qf /= np.linalg.norm(qf, axis=1, keepdims=True) + 1e-12
     gf /= np.linalg.norm(gf, axis=1, keepdims=True) + 1e-12
-    res = evaluate(pairwise_sq_distances(qf, gf), q.column("pid").to_numpy(), g.column("pid").to_numpy(),
+    res = evaluate(squared_distances(qf, gf), q.column("pid").to_numpy(), g.column("pid").to_numpy(),
                    q.column("camid").to_numpy(), g.column("camid").to_numpy())
     return {"val_mAP": float(res.mAP), "val_rank1": float(res.cmc[0])}
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from vreid.postprocess.bias_fusion import bias_fusion
-from vreid.postprocess.ensemble import pairwise_sq_distances
+from vreid.postprocess.kernels import squared_distances
 from vreid.postprocess.registry import PostprocessError, Stage, Step, StepConfig, StoreNeed, register
 
 
@@ -42,6 +42,6 @@ class BiasFusion(Step):
                 blocks.append(None)
                 continue
             fq, fg = ctx.inputs.features[model]
-            blocks.append(pairwise_sq_distances(fq, state.items.mean(fg)))
+            blocks.append(squared_distances(fq, state.items.mean(fg)))
         state.dist = bias_fusion(state.dist, blocks[0], blocks[1], cfg.lambda_camera, cfg.lambda_orientation)
         return state
