@@ -75,6 +75,24 @@ def test_ablation_one_row_per_step_in_order():
     assert len(ablation_table(res.ablation).splitlines()) == 8
 
 
+def test_ablation_rows_share_the_query_gallery_products(monkeypatch):
+    """The ablation ranks like the plain run, and WF's first pass reuses the camera_bias row's
+    query x gallery distances: one product per image-level row, none again in the tracklet step."""
+    import vreid.postprocess.tracklets as tracklets
+
+    inputs = _city()
+    cfg = _cfg({"step": "camera_bias"}, {"step": "tracklet"}, {"step": "rerank", "k1": 6, "k2": 2})
+    plain = run_postprocess(inputs, cfg, with_ablation=False)
+    calls = []
+    real = tracklets.squared_distances
+    monkeypatch.setattr(tracklets, "squared_distances", lambda a, b, **kw: calls.append(len(a)) or real(a, b, **kw))
+    with_rows = run_postprocess(inputs, cfg)
+    np.testing.assert_array_equal(plain.indices, with_rows.indices)
+    np.testing.assert_array_equal(plain.distances, with_rows.distances)
+    # pass 2 only: a few selected queries per track, never the whole query side
+    assert calls and max(calls) < len(inputs.query.pids)
+
+
 def test_cache_reuses_features_and_graph():
     inputs = _city()
     cache: dict = {}

@@ -179,6 +179,12 @@ def test_weighted_tracklet_features_exact_weights():
     np.testing.assert_allclose(tf[1], (w / w.sum()) @ g[2:], atol=1e-6)
     _, tfn = weighted_tracklet_features(q, g, tid, normalize=True)
     np.testing.assert_allclose(np.linalg.norm(tfn, axis=1), 1.0, atol=1e-6)
+    # the first pass may read the query x gallery distances the caller has (the ablation row's)
+    d = np.array([[0, 2, 2, 3.2], [4, 2, 2, 0.8]], np.float32)
+    _, tfd = weighted_tracklet_features(q, g, tid, dist=d)
+    np.testing.assert_allclose(tfd, weighted_tracklet_features(q, g, tid)[1], atol=1e-6)
+    with pytest.raises(ValueError, match=r"dist must have shape \(Q, G\) = \(2, 4\)"):
+        weighted_tracklet_features(q, g, tid, dist=d[:, :3])
 
 
 def test_weighted_tracklet_features_fallback_keeps_tied_nearest_queries():

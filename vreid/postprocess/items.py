@@ -152,6 +152,27 @@ class ItemState:
     dist: np.ndarray | None = None
     ranked: np.ndarray | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    _image_dist: tuple | None = field(default=None, repr=False)  # (query, gallery_images, (Q, G) distances)
+
+    def image_distances(self) -> np.ndarray:
+        """(Q, G) squared distances of the query features to the gallery image features, kept until
+        either array is replaced: an ablation row before the tracklet step computes them and WF's
+        first pass (001 eq. 4) reuses them instead of a second query x gallery product."""
+        held = self.held_image_distances()
+        if held is None:
+            held = squared_distances(self.query, self.gallery_images)
+            self._image_dist = (self.query, self.gallery_images, held)
+        return held
+
+    def held_image_distances(self) -> np.ndarray | None:
+        """The distances of :meth:`image_distances` if they were computed for the current arrays."""
+        d = self._image_dist
+        return d[2] if d is not None and d[0] is self.query and d[1] is self.gallery_images else None
+
+    def features_only(self) -> ItemState:
+        """The same items and features, without distances, ranking or kept image distances (what the
+        feature-state cache holds, and each run starts from)."""
+        return ItemState(self.items, self.query, self.gallery, self.gallery_images, notes=dict(self.notes))
 
     def query_block(self, start: int, stop: int) -> ItemState:
         """The same state for queries ``start:stop`` (gallery side shared)."""

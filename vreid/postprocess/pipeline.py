@@ -131,7 +131,12 @@ def _state_metrics(name: str, inputs: PostprocessInputs, state: ItemState) -> di
     (Q, T) item distance without a (Q, G) array (:func:`vreid.eval.evaluate_tracks`)."""
     if state.ranked is not None:
         return _metrics(name, inputs, state.ranked)
-    dist = state.dist if state.dist is not None else squared_distances(state.query, state.gallery)
+    if state.dist is not None:
+        dist = state.dist
+    elif state.gallery is state.gallery_images:  # image items: the distances WF's first pass reuses
+        dist = state.image_distances()
+    else:
+        dist = squared_distances(state.query, state.gallery)
     q, g = inputs.query, inputs.gallery
     full, top = evaluate_tracks(dist, state.items.item_of_image, q.pids, g.pids, q.camids, g.camids,
                                 also_top_k_ap=100)
@@ -184,8 +189,7 @@ def _feature_state(inputs: PostprocessInputs, cfg: PostprocessConfig, models: li
     cached = cache.get(("features", key))
     if cached is not None and (cached[1] is not None or not evaluate_steps):
         state, rows = cached
-        return ItemState(state.items, state.query, state.gallery, state.gallery_images,
-                         notes=dict(state.notes)), list(rows) if evaluate_steps else []
+        return state.features_only(), list(rows) if evaluate_steps else []
     qf, gf = ensemble(inputs, cfg, models)
     state = ItemState(GalleryItems.of_images(len(gf)), qf, gf, gf, notes={"key": feature_state_key(cfg, ctx.level, 0)})
     rows = [_state_metrics("ensemble", inputs, state)] if evaluate_steps else []
@@ -195,8 +199,9 @@ def _feature_state(inputs: PostprocessInputs, cfg: PostprocessConfig, models: li
         state.notes["key"] = feature_state_key(cfg, ctx.level, i + 1)
         if evaluate_steps:
             rows.append(_state_metrics(step_cfg.step, inputs, state))
+    state = state.features_only()
     cache[("features", key)] = (state, list(rows) if evaluate_steps else None)
-    return ItemState(state.items, state.query, state.gallery, state.gallery_images, notes=dict(state.notes)), rows
+    return state.features_only(), rows
 
 
 def image_ranking(state: ItemState, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:

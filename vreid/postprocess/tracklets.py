@@ -104,6 +104,7 @@ def weighted_tracklet_features(
     *,
     normalize: bool = False,  # seeds 001/003 (paper and code) use f_T unnormalised
     chunk: int | None = None,
+    dist: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """WF, seed 001 eqs. 4–5 / seed 003: query-weighted tracklet features.
 
@@ -114,8 +115,9 @@ def weighted_tracklet_features(
     3. W_j = 1 / (A_j + eps), normalised to sum 1 within T;
     4. f_T = Σ_j W_j f_j (L2-normalised only when ``normalize``).
 
-    Pass 1 computes query × gallery distances in chunks of ``chunk`` query rows (memory O(chunk × G));
-    pass 2 only the selected queries × each track's images.
+    Pass 1 computes query × gallery distances in chunks of ``chunk`` query rows (memory O(chunk × G)),
+    or reads them from ``dist`` (Q, G) when the caller already has them; pass 2 only the selected
+    queries × each track's images.
     Returns ``(track_ids, track_features)`` with sorted unique track ids, float32 features.
     """
     q = as_features("query", query)
@@ -132,6 +134,8 @@ def weighted_tracklet_features(
     elif int(chunk) != chunk or chunk < 1:
         raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     chunk = int(chunk)
+    if dist is not None and np.shape(dist) != (q.shape[0], g.shape[0]):
+        raise ValueError(f"dist must have shape (Q, G) = {(q.shape[0], g.shape[0])}, got {np.shape(dist)}")
     track_ids, codes = np.unique(tid, return_inverse=True)
     codes = codes.ravel()
     n_tracks = len(track_ids)
@@ -144,7 +148,8 @@ def weighted_tracklet_features(
     # Pass 1: min distance of every query to every track, (Q, T).
     track_min = np.empty((q.shape[0], n_tracks), dtype=np.float32)
     for s in range(0, q.shape[0], chunk):
-        d = squared_distances(q[s : s + chunk], g, a_sq=q_sq[s : s + chunk], b_sq=g_sq)
+        d = dist[s : s + chunk] if dist is not None else \
+            squared_distances(q[s : s + chunk], g, a_sq=q_sq[s : s + chunk], b_sq=g_sq)
         track_min[s : s + chunk] = np.minimum.reduceat(d[:, order], starts, axis=1)
     selected = track_min < threshold
     none = ~selected.any(axis=0)

@@ -24,11 +24,13 @@ class TrackletStep(StepConfig):
                                                      "(003 eq. 3, UDA: 0.0005); 0 = track feature only")
 
 
-def track_features(cfg: TrackletStep, qf: np.ndarray, gf: np.ndarray, items: GalleryItems) -> np.ndarray:
-    """(T, d) AF or WF feature of every item of ``items`` (rows in item order)."""
+def track_features(cfg: TrackletStep, qf: np.ndarray, gf: np.ndarray, items: GalleryItems,
+                   dist: np.ndarray | None = None) -> np.ndarray:
+    """(T, d) AF or WF feature of every item of ``items`` (rows in item order); ``dist``: the
+    (Q, G) squared distances of ``qf`` to ``gf`` when already computed (WF's first pass)."""
     codes = items.item_of_image
     if cfg.method == "wf":
-        _, tf = weighted_tracklet_features(qf, gf, codes, cfg.threshold, cfg.eps)
+        _, tf = weighted_tracklet_features(qf, gf, codes, cfg.threshold, cfg.eps, dist=dist)
     else:
         _, tf = average_tracklet_features(gf, codes)
     return tf
@@ -58,7 +60,7 @@ class Tracklet(Step):
     def apply(self, cfg, state, ctx):
         g = ctx.inputs.gallery
         items = GalleryItems.of_tracks(g.trackids)
-        tf = track_features(cfg, state.query, state.gallery_images, items)
+        tf = track_features(cfg, state.query, state.gallery_images, items, state.held_image_distances())
         bad = np.flatnonzero(~np.isfinite(tf).all(axis=1))
         if bad.size:
             raise PostprocessError(f"step tracklet: track items {items.track_ids[bad][:10].tolist()} have no finite "
