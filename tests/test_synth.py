@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import json
 
 import numpy as np
 import pyarrow.compute as pc
@@ -13,6 +15,7 @@ from PIL import Image
 from vreid.data import load_manifest
 from vreid.data.readers.common import parse_label_xml, read_name_list
 from vreid.data.synth import generate, get_preset, plan
+from vreid.data.synth.render import render_vehicle
 
 
 def _digest(root, folder, n=20):
@@ -102,6 +105,37 @@ def test_rerun_skips_and_refuses_foreign_folder(tmp_path, tiny_city, ray_session
     (tmp_path / "busy" / "x.txt").write_text("user data")
     with pytest.raises(FileExistsError, match="not a complete synth dataset"):
         generate(tmp_path / "busy", "tiny", seed=0, progress=False)
+
+
+def test_a_changed_preset_is_not_taken_for_the_rendered_one(tmp_path, tiny_city, ray_session):
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = json.loads((tiny_city / "_SUCCESS.json").read_text())
+    meta["settings"]["approach_resolution"] = 0.5  # rendered before the preset changed
+    (old / "_SUCCESS.json").write_text(json.dumps(meta))
+    with pytest.raises(FileExistsError, match=r"rendered with other settings \(differing: \['approach_resolution'\]\)"):
+        generate(old, "tiny", seed=0, progress=False)
+
+
+def test_approaching_vehicles_have_few_pixels_in_their_first_frames():
+    """A track's frames rise in resolution (a vehicle approaching the camera: the low-quality
+    frames 001's weighted tracklet features weigh less); the first renders with less detail."""
+    layout = plan(get_preset("demo"), seed=0)
+    first_track = [im for im in layout["images"] if im["trackid"] == 0 and im["part"] == "train"]
+    res = [im["resolution"] for im in first_track]
+    assert res[0] == pytest.approx(get_preset("demo").approach_resolution) and res[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(res) > 0)
+    assert all(im["resolution"] == 1.0 for im in plan(get_preset("tiny"), seed=0)["images"])
+    im, cam = first_track[0], layout["cameras"][0]
+    cam = dataclasses.replace(cam, resolution=1.0, blur=0.0)
+
+    def detail(frame_resolution):
+        rgb, _ = render_vehicle(layout["vehicles"][im["pid"]], cam, im["yaw"], im["pitch"], im["scale"], (0, 0),
+                                (0, 0), None, 64, 0.0, np.random.default_rng(0), 0.08, frame_resolution)
+        grey = rgb.astype(np.float32).mean(axis=2)
+        return np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean()
+
+    assert detail(0.35) < 0.8 * detail(1.0)
 
 
 def test_test_only_cameras(ray_session):

@@ -108,6 +108,7 @@ def plan(preset: SynthPreset, seed: int) -> dict[str, Any]:
                     "color": vehicles[pid].color, "vtype": vehicles[pid].vtype, "orientation": round(yaw, 2),
                     "yaw": yaw, "pitch": float(c.pitch + rng.uniform(-3, 3)),
                     "scale": float(min(0.98, s0 * (1 + 0.03 * f))),
+                    "resolution": preset.approach_resolution + (1 - preset.approach_resolution) * f / max(1, n - 1),
                     "shift": (float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04))),
                     "bg_offset": (int(rng.integers(0, preset.image_size)), int(rng.integers(0, preset.image_size))),
                     "occlusion": occ, "margin": float(rng.uniform(*preset.box_margin)),
@@ -151,7 +152,7 @@ def render_chunk(records: list[dict[str, Any]], vehicles: list[Vehicle], cameras
         rng = np.random.default_rng([seed, im["index"]])
         rgb, mask = render_vehicle(vehicles[im["pid"]], cameras[im["camid"] - 1], im["yaw"], im["pitch"],
                                    im["scale"], im["shift"], im["bg_offset"], im["occlusion"],
-                                   preset.image_size, preset.noise, rng, im["margin"])
+                                   preset.image_size, preset.noise, rng, im["margin"], im["resolution"])
         folder = _FOLDER[im["part"]]
         Image.fromarray(rgb).save(out / folder / im["name"], quality=preset.jpeg_quality)
         Image.fromarray(mask).save(out / "masks" / folder / im["name"].replace(".jpg", ".png"))
@@ -191,12 +192,15 @@ def _write_labels(out: Path, images: list[dict[str, Any]]) -> None:
             w.writerows(by_part[part])
 
 
-def is_complete(out_dir: str | Path, preset: str, seed: int) -> bool:
+def is_complete(out_dir: str | Path, preset: str, seed: int, settings: dict[str, Any] | None = None) -> bool:
+    """Whether ``out_dir`` holds the finished city of this preset tag and seed (and, given
+    ``settings``, rendered with those preset values: a changed preset is not complete)."""
     marker = Path(out_dir) / SUCCESS
     if not marker.is_file():
         return False
     meta = json.loads(marker.read_text())
-    return meta.get("preset") == preset and meta.get("seed") == seed and meta.get("version") == FORMAT_VERSION
+    return meta.get("preset") == preset and meta.get("seed") == seed and meta.get("version") == FORMAT_VERSION \
+        and (settings is None or meta.get("settings") == settings)
 
 
 def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, progress: bool = True,
@@ -211,11 +215,17 @@ def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, progress:
     cfg = get_preset(preset, **overrides)
     out = Path(out_dir)
     tag = preset if not overrides else f"{preset}+{json.dumps(overrides, sort_keys=True)}"
-    if is_complete(out, tag, seed):
+    settings = cfg.model_dump(mode="json")
+    if is_complete(out, tag, seed, settings):
         return out
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not a complete synth dataset of preset '{tag}' seed "
-                              f"{seed}; remove it or choose another root")
+        why = "is not a complete synth dataset of"
+        if is_complete(out, tag, seed):
+            old = json.loads((out / SUCCESS).read_text()).get("settings") or {}
+            why = (f"was rendered with other settings (differing: "
+                   f"{sorted(k for k in settings if old.get(k) != settings[k])}) of")
+        raise FileExistsError(f"{out}: exists and {why} preset '{tag}' seed {seed}; remove it or choose "
+                              "another root")
     layout = plan(cfg, seed)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -237,7 +247,7 @@ def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, progress:
             bar.update(sum(ray.get(done)))
     _write_labels(tmp, images)
     (tmp / SUCCESS).write_text(json.dumps({"preset": tag, "seed": seed, "version": FORMAT_VERSION,
-                                           "images": len(images), "settings": cfg.model_dump(mode="json")}))
+                                           "images": len(images), "settings": settings}))
     if out.exists():
         out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,10 @@ class SynthPreset(BaseModel):
     scale: tuple[float, float] = (0.62, 0.95)
     box_margin: tuple[float, float] = Field((0.03, 0.15), description="detector box margin around the vehicle")
     occlusion_prob: float = Field(0.15, ge=0, le=1)
+    approach_resolution: float = Field(
+        1.0, gt=0, le=1, description="pixel resolution of a track's first frame relative to its last, rising "
+        "linearly along the track: a vehicle approaching the camera has few pixels far away (CityFlow's "
+        "low-quality frames, which 001 §3.4's weighted tracklet features down-weight); 1 = every frame alike")
     noise: float = Field(4.0, ge=0, description="pixel noise std, 0..255 scale")
     # time
     frame_interval_s: float = 0.5
@@ -57,10 +61,10 @@ PRESETS: dict[str, SynthPreset] = {
                         frames_per_track=(3, 5), image_size=48, chunk_images=200),
     # the main job: >= 150 identities, >= 6 cameras, >= 6,000 images
     "demo": SynthPreset(num_train_ids=160, num_test_ids=100, num_cameras=8, cameras_per_id=(3, 5),
-                        frames_per_track=(5, 8), image_size=64),
+                        frames_per_track=(5, 8), image_size=64, approach_resolution=0.35),
     # benchmarks: 100k+ images
     "city": SynthPreset(num_train_ids=2400, num_test_ids=1600, num_cameras=40, cameras_per_id=(3, 6),
-                        frames_per_track=(6, 8), image_size=64, chunk_images=1000),
+                        frames_per_track=(6, 8), image_size=64, chunk_images=1000, approach_resolution=0.35),
 }
 
 

@@ -144,9 +144,11 @@ def _parts(vehicle: Vehicle):
 
 def render_vehicle(vehicle: Vehicle, camera: Camera, yaw: float, pitch: float, scale: float,
                    shift: tuple[float, float], bg_offset: tuple[int, int], occlusion: tuple | None,
-                   size: int, noise: float, rng: np.random.Generator, margin: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
-    """Return (RGB uint8 (size, size, 3), mask uint8 (size, size), 255 = visible vehicle)."""
-    s = max(16, int(round(size * camera.resolution)))  # low-resolution cameras render small
+                   size: int, noise: float, rng: np.random.Generator, margin: float = 0.08,
+                   frame_resolution: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (RGB uint8 (size, size, 3), mask uint8 (size, size), 255 = visible vehicle).
+    ``frame_resolution`` scales the camera's resolution for this frame (a far-away vehicle)."""
+    s = max(16, int(round(size * camera.resolution * frame_resolution)))  # low resolution renders small
     ss = 2 * s  # supersampling
     a, p = np.deg2rad(yaw), np.deg2rad(pitch)
     rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
