@@ -71,6 +71,8 @@ def test_custom_resources_per_stage():
     for override, message in [("models.0.scaling.resources={GPU: 1}", "'GPU' is not a custom resource"),
                               ("extract.resources_per_actor={a: 0}", "a: 0 must be > 0"),
                               ("tune.resources_per_trial={a: 1.5}", "must be a whole number"),
-                              ("postprocess.actor_resources={'node:1.2.3.4': 1}", "not a custom resource name")]:
+                              ("postprocess.actor_resources={'node:1.2.3.4': 1}", "not a custom resource name"),
+                              ("models.0.scaling.use_gpu=true", r"models\.0\.scaling.*use_gpu is true but "
+                                                                "gpus_per_worker is 0")]:
         with pytest.raises(ConfigError, match=message):
             load_config("configs/tiny.yaml", [override])

@@ -180,6 +180,9 @@ class ScalingSection(StrictModel):
     @model_validator(mode="after")
     def _resources(self) -> ScalingSection:
         check_custom_resources(self.resources, "scaling.resources")
+        if self.use_gpu and self.gpus_per_worker <= 0:
+            raise ValueError("use_gpu is true but gpus_per_worker is 0: a worker would hold no GPU (set "
+                             "gpus_per_worker, e.g. 1)")
         return self
 
 

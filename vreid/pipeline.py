@@ -55,11 +55,8 @@ def check_cluster(cfg: RunConfig) -> None:
     """Say so at once when a stage asks for resources (CPUs, GPUs, custom resources) that no node of
     the cluster has and no node type of its autoscaler can provide (:mod:`vreid.resources`); what
     the autoscaler can provide is left to wait for it."""
-    from vreid.resources import InfeasibleResources, check_requests, run_requests
+    from vreid.resources import check_requests, run_requests
 
-    for m in cfg.models:
-        if m.scaling.use_gpu and m.scaling.gpus_per_worker <= 0:
-            raise InfeasibleResources(f"model '{m.name}': use_gpu is true but scaling.gpus_per_worker is 0")
     check_requests(run_requests(cfg), wait_s=cfg.train.resource_wait_s)
 
 

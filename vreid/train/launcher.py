@@ -80,9 +80,6 @@ def check_resources(models: list[ModelConfig], wait_s: float = 0.0) -> None:
     """
     import ray
 
-    for m in models:
-        if m.scaling.use_gpu and m.scaling.gpus_per_worker <= 0:
-            raise InfeasibleResources(f"model '{m.name}': use_gpu is true but scaling.gpus_per_worker is 0")
     requests = [model_request(m) for m in models]
     cap = cluster_capacity()
     waiting = check_requests(requests, cap, wait_s=wait_s)
