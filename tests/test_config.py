@@ -27,6 +27,9 @@ def test_overrides_typed_and_nested():
     assert apply_overrides(data, ["models.1.name=c"])["models"][1]["name"] == "c"
     with pytest.raises(ConfigError, match="not an index"):
         apply_overrides(data, ["models.5.name=c"])
+    assert apply_overrides(data, ["models.2={name: d}"])["models"][2] == {"name": "d"}  # one past the end appends
+    with pytest.raises(ConfigError, match=r"'4' is not an index of the list \(0\.\.3, 3 appends\)"):
+        apply_overrides(data, ["models.4={name: e}"])
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         apply_overrides({}, ["run_dir"])
 

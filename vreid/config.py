@@ -554,7 +554,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML; list items by index) in place."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML; list items by index, the index one
+    past the end appends: ``models.4={...}`` adds a fifth model) in place."""
     for item in overrides:
         path, value = _parse_override(item)
         node: Any = data
@@ -570,9 +571,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     raise ConfigError(f"override '{item}': '{where}' is a value, not a section")
         last = path[-1]
         if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise ConfigError(f"override '{item}': '{last}' is not an index of the list")
-            node[int(last)] = value
+            if not last.isdigit() or int(last) > len(node):
+                raise ConfigError(f"override '{item}': '{last}' is not an index of the list (0..{len(node)}, "
+                                  f"{len(node)} appends)")
+            if int(last) == len(node):
+                node.append(value)
+            else:
+                node[int(last)] = value
         else:
             node[last] = value
     return data
