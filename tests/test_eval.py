@@ -342,6 +342,31 @@ def test_track_evaluation_equals_image_evaluation(mixed, top_k):
         assert want.mAP == pytest.approx(ref[0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_image_items_rank_like_the_stable_sort_with_ties(dtype):
+    """One image per item (the ablation rows before the tracklet step): positions come from the
+    sorted keys, ties broken by gallery index as the stable sort of ``evaluate`` does."""
+    from vreid.eval import evaluate_tracks
+
+    rng = np.random.default_rng(3)
+    q, g = 30, 200
+    d = rng.integers(0, 12, (q, g)).astype(dtype)  # many exact ties; -0.0 and +inf too
+    d[0, :5] = -0.0
+    d[1, :7] = np.inf
+    qp, gp = rng.integers(0, 6, q), rng.integers(0, 6, g)
+    qc, gc = rng.integers(0, 3, q), rng.integers(0, 3, g)
+    for chunk in (None, 7):
+        got = evaluate_tracks(d, np.arange(g), qp, gp, qc, gc, max_rank=20, chunk_rows=chunk)
+        want = evaluate(d, qp, gp, qc, gc, max_rank=20)
+        ref = _reference(d, qp, gp, qc, gc, 20, None)
+        assert got.mAP == pytest.approx(want.mAP, abs=1e-12) and got.mAP == pytest.approx(ref[0])
+        assert got.mINP == pytest.approx(want.mINP, abs=1e-12)
+        np.testing.assert_allclose(got.cmc, want.cmc)
+    d[4, 9] = np.nan
+    with pytest.raises(ValueError, match=r"NaN in query rows \[4\]"):
+        evaluate_tracks(d, np.arange(g), qp, gp, qc, gc)
+
+
 def test_track_evaluation_hand_case_and_errors():
     from vreid.eval import evaluate_tracks
 

@@ -86,6 +86,39 @@ def _check_distmat(distmat, num_q: int, num_g: int) -> np.ndarray:
     return d
 
 
+def _sort_keys(block: np.ndarray) -> np.ndarray | None:
+    """(order-preserving bits of each float16/float32 distance << 32) | column: unique uint64
+    keys whose plain sort is the stable row ranking; None for other dtypes."""
+    if block.dtype not in (np.float16, np.float32) or block.shape[1] >= 1 << 32:
+        return None
+    bits = (block.astype(np.float32) + np.float32(0)).view(np.uint32)  # + 0: -0.0 -> +0.0
+    bits ^= (bits >> 31) * np.uint32(0x7FFFFFFF) | np.uint32(0x80000000)  # negatives: all bits
+    key = bits.astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= np.arange(block.shape[1], dtype=np.uint64)
+    return key
+
+
+def _stable_positions(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, first_row: int) -> np.ndarray | None:
+    """Position of each cell ``(rows[i], cols[i])`` in its row's stable ranking of ``block``
+    (``rows`` ascending), found in the sorted keys instead of inverting the whole (n, m)
+    permutation; None for dtypes without sort keys."""
+    key = _sort_keys(block)
+    if key is None:
+        return None
+    bad = np.flatnonzero(np.isnan(block).any(axis=1))
+    if bad.size:
+        raise ValueError(f"distmat contains NaN in query rows {(bad + first_row)[:10].tolist()}: "
+                         "expected numbers (+inf is allowed)")
+    want = key[rows, cols]
+    key.sort(axis=1)
+    pos = np.empty(len(rows), np.int64)
+    bounds = np.searchsorted(rows, np.arange(len(block) + 1))
+    for r in np.flatnonzero(np.diff(bounds)):
+        pos[bounds[r]:bounds[r + 1]] = np.searchsorted(key[r], want[bounds[r]:bounds[r + 1]])
+    return pos
+
+
 def _stable_argsort(block: np.ndarray) -> np.ndarray:
     """Row-wise ``np.argsort(block, axis=1, kind="stable")``, computed faster.
 
@@ -93,12 +126,8 @@ def _stable_argsort(block: np.ndarray) -> np.ndarray:
     distance << 32) | gallery index: unique keys, so a plain (SIMD) sort gives the stable order.
     Other dtypes use numpy's default argsort and redo only the rows holding ties stably.
     """
-    if block.dtype in (np.float16, np.float32) and block.shape[1] < 1 << 32:
-        bits = (block.astype(np.float32) + np.float32(0)).view(np.uint32)  # + 0: -0.0 -> +0.0
-        bits ^= (bits >> 31) * np.uint32(0x7FFFFFFF) | np.uint32(0x80000000)  # negatives: all bits
-        key = bits.astype(np.uint64)
-        key <<= np.uint64(32)
-        key |= np.arange(block.shape[1], dtype=np.uint64)
+    key = _sort_keys(block)
+    if key is not None:
         key.sort(axis=1)
         key &= np.uint64(0xFFFFFFFF)
         return key.view(np.int64)
@@ -353,6 +382,7 @@ def evaluate_tracks(track_dist, item_of_image, q_pids, g_pids, q_camids, g_camid
     if item.min() < 0 or item.max() >= n_items:
         raise ValueError(f"item_of_image must lie in [0, T={n_items}), got [{item.min()}, {item.max()}]")
     sizes = np.bincount(item, minlength=n_items)
+    unit_items = bool((sizes == 1).all())
     members = np.argsort(item, kind="stable")
     offset = np.empty(len(item), np.int64)  # position of an image inside its item (gallery order)
     offset[members] = np.arange(len(item)) - (np.cumsum(sizes) - sizes)[item[members]]
@@ -367,16 +397,19 @@ def evaluate_tracks(track_dist, item_of_image, q_pids, g_pids, q_camids, g_camid
     for s in range(0, len(q_pids), step):
         block = d[s:s + step]
         n = len(block)
-        order = _argsort_checked(block, s)  # (n, T) items ranked
-        ranked_sizes = sizes[order]
-        item_start = np.empty_like(order)  # first position of each item in the tiled ranking
-        np.put_along_axis(item_start, order, np.cumsum(ranked_sizes, axis=1) - ranked_sizes, axis=1)
         codes = q_codes[s:s + step].astype(np.int64)
         lens = np.where(codes >= 0, pid_len[np.maximum(codes, 0)], 0)
         rows = np.repeat(np.arange(n), lens)
         within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
         imgs = by_pid[np.repeat(pid_start[np.maximum(codes, 0)], lens) + within]
-        cols = item_start[rows, item[imgs]] + offset[imgs]
+        # one-image items (image level): an image's position is its item's place in the ranking
+        cols = _stable_positions(block, rows, item[imgs], s) if unit_items else None
+        if cols is None:
+            order = _argsort_checked(block, s)  # (n, T) items ranked
+            ranked_sizes = sizes[order]
+            item_start = np.empty_like(order)  # first position of each item in the tiled ranking
+            np.put_along_axis(item_start, order, np.cumsum(ranked_sizes, axis=1) - ranked_sizes, axis=1)
+            cols = item_start[rows, item[imgs]] + offset[imgs]
         o = np.lexsort((cols, rows))
         rows, cols, imgs = rows[o], cols[o], imgs[o]
         junk = g_camids[imgs] == q_camids[s:s + step][rows]
