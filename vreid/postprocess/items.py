@@ -176,7 +176,7 @@ class ItemState:
 
     def query_block(self, start: int, stop: int) -> ItemState:
         """The same state for queries ``start:stop`` (gallery side shared)."""
-        return replace(self, query=self.query[start:stop],
+        return replace(self, query=self.query[start:stop], _image_dist=None,
                        dist=None if self.dist is None else self.dist[start:stop],
                        ranked=None if self.ranked is None else self.ranked[start:stop])
 
