@@ -7,14 +7,11 @@ and its images at image level. :class:`GalleryItems` maps images to items and ba
 per-item quantity (a track's feature, its mean camera / orientation feature, its mean attribute
 probabilities, its camera, its time span) is computed from it once, and the image ranking tiles
 each ranked item's images (:func:`tile_ranking`).
-
-The representation slices by query blocks (:meth:`ItemState.query_block`): the gallery side is
-shared, the query side and the (Q, T) distance are per query row.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -173,12 +170,6 @@ class ItemState:
         """The same items and features, without distances, ranking or kept image distances (what the
         feature-state cache holds, and each run starts from)."""
         return ItemState(self.items, self.query, self.gallery, self.gallery_images, notes=dict(self.notes))
-
-    def query_block(self, start: int, stop: int) -> ItemState:
-        """The same state for queries ``start:stop`` (gallery side shared)."""
-        return replace(self, query=self.query[start:stop], _image_dist=None,
-                       dist=None if self.dist is None else self.dist[start:stop],
-                       ranked=None if self.ranked is None else self.ranked[start:stop])
 
 
 def tile_ranking(item_dist: np.ndarray, items: GalleryItems, query_features: np.ndarray,
