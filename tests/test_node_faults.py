@@ -282,3 +282,39 @@ def test_postprocess_actor_retried_on_the_other_node(nodes, stores, tmp_path):
     assert m_ref["final"] == m_final["final"] and m_ref["ablation"] == m_final["ablation"]
     print(f"\npostprocess: killed {lost} holding the actor; retried on {retried[0]['node']} "
           f"({len(retried)} retry), results identical; {driver.seconds:.0f} s")
+
+
+# ----------------------------------------------------------------------------- Tune
+
+
+def test_tune_sweep_retries_the_trials_of_a_lost_node(nodes, stores, tmp_path):
+    """Kill the node of the first trial that reaches `tune.trial` (before it reports): Tune starts
+    that trial again on the surviving worker node (``tune.max_failures``) and the sweep finishes in
+    the same run: every trial once in trials.csv with a score, none failed, the best YAML written."""
+    import pandas as pd
+
+    run, overrides = stores
+    name = "lost-node"
+    overrides = overrides + [f"tune.name={name}", "tune.num_samples=4", "tune.max_concurrent_trials=2"]
+    with PausePoint("tune.trial") as point:
+        driver = Driver(nodes, "tune", tmp_path, overrides)
+        held = _next(point, driver)
+        lost = nodes.node_of(held.info["pid"])
+        assert lost in WORKERS
+        nodes.kill_node(lost)
+        after = point.release_all_in_background(_locate(nodes))
+        result = driver.result()
+    out = run / "tune" / name
+    assert result["num_trials"] == 4 and result["failed_trials"] == 0, result
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and trials["trial_id"].is_unique, trials[["trial_id", "mAP"]]
+    assert trials["mAP"].notna().all(), trials[["trial_id", "mAP"]]
+    assert (out / "best_postprocess.yaml").is_file() and (out / "summary.json").is_file()
+    assert not list(out.glob(".*.tmp-*")), "a temporary best YAML / summary was left behind"
+    # the held trial's parameters reached the pause point again, on a node still alive
+    again = [i for i in after if i["params"] == held.info["params"]]
+    assert again and all(i["node"] not in (lost, None) for i in again), (held.info, after)
+    assert len(after) >= 4, after  # 3 other trials + the retry (a trial killed with it is retried too)
+    print(f"\ntune: killed {lost} holding a trial; {len(after)} trial starts after the kill "
+          f"({len(after) - 3} redone), {len(trials)} trials in trials.csv, none failed; {driver.seconds:.0f} s")
+
