@@ -148,12 +148,12 @@ class Cluster:
         return temp_dir
 
     def _spawn(self, name: str, cmd: list[str], temp_dir: Path, num_cpus: float,
-               resources: dict[str, float]) -> Node:
+               resources: dict[str, float], env: dict[str, str] | None = None) -> Node:
         cmd = [*cmd, f"--resources={json.dumps(resources)}", "--object-store-memory=200000000"]
         log = self.root / f"{name}.log"
         with open(log, "a") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=REPO, env={**self.env, **(env or {})}, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         node = Node(name, proc, temp_dir, log, num_cpus, resources)
         self.nodes[name] = node
         return node
@@ -175,9 +175,11 @@ class Cluster:
         self.wait_for(["head"])
 
     def add_node(self, name: str, num_cpus: float = 1, resources: dict[str, float] | None = None,
-                 wait: bool = True) -> Node:
-        """A worker node with ``num_cpus`` CPUs and the custom resource ``{name: 1}`` (plus
-        ``resources``); returns once the GCS lists it alive (``wait``)."""
+                 wait: bool = True, env: dict[str, str] | None = None, generic: bool = True) -> Node:
+        """A worker node with ``num_cpus`` CPUs and the custom resource ``{name: 1}`` (plus the
+        cluster's ``worker_resources`` unless not ``generic``, plus ``resources``); ``env``: added to
+        its raylet's environment (e.g. ``RAY_memory_usage_threshold``); returns once the GCS lists
+        it alive (``wait``)."""
         if name in self.nodes and not self.nodes[name].killed and self.nodes[name].proc.poll() is None:
             raise ValueError(f"node {name} is running")
         for attempt in range(START_ATTEMPTS):
@@ -185,7 +187,8 @@ class Cluster:
             temp_dir = self._node_dir(name)
             cmd = [ray_cli(), "start", "--block", "--disable-usage-stats", f"--address={self.address}",
                    f"--num-cpus={num_cpus:g}", "--num-gpus=0", *node_port_args(), f"--temp-dir={temp_dir}"]
-            node = self._spawn(name, cmd, temp_dir, num_cpus, {name: 1, **self.worker_resources, **(resources or {})})
+            node = self._spawn(name, cmd, temp_dir, num_cpus,
+                               {name: 1, **(self.worker_resources if generic else {}), **(resources or {})}, env)
             if not wait:
                 return node
             try:

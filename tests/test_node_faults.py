@@ -451,3 +451,81 @@ def test_pipeline_driver_killed_and_stopped_then_resubmitted(nodes, tmp_path, ti
           f"extract done), `ray job stop` at postprocess after {second_s:.0f} s (extract skipped, tune done), "
           f"resubmitted: {third_s:.0f} s (train, extract, tune skipped); results identical")
 
+
+# ----------------------------------------------------------------------------- out of memory
+
+# The node's threshold lies OOM_MARGIN above the machine's memory use when the test starts (room
+# for the test's own processes: the node, both workers, the driver); at the pause point bot's
+# worker allocates what is left up to the threshold then, plus OOM_OVER. Ray's monitor kills the
+# worker as soon as the use crosses the threshold, so the machine's use never goes far above it.
+OOM_MARGIN = 6 << 30
+OOM_OVER = 2 << 30
+
+
+def _used() -> int:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return vm.total - vm.available  # what Ray's monitor counts (MemTotal - MemAvailable, no cgroup here)
+
+
+def test_out_of_memory_worker_fails_its_model_only(cluster, tmp_path, tiny_city):
+    """`bot`'s only worker runs on a node whose raylet kills workers above a memory threshold (Ray's
+    memory monitor, `RAY_memory_usage_threshold`, computed now from psutil); at the start of each of
+    its epochs that worker allocates more than the room left (a pause point's ``allocate``). Ray
+    kills it, and Train's retry: bot fails with the out-of-memory reason named in its error;
+    `attr` (on the head) trains on."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    used = _used()
+    if vm.available < OOM_MARGIN + OOM_OVER + (4 << 30):
+        pytest.skip(f"{vm.available / 2**30:.1f} GiB available: too little to run a worker out of memory safely")
+    threshold = (used + OOM_MARGIN) / vm.total
+    cluster.add_node("node_oom", 1, generic=False, env={
+        "RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100"})
+    try:
+        run = tmp_path / "run"
+        overrides = _base(run, tiny_city) + [
+            "train.max_failures=1",
+            "models.0.recipe.0.epochs=1", "models.1.recipe.0.epochs=1",
+            "models.0.scaling={num_workers: 1, cpus_per_worker: 0.5, resources: {node_oom: 0.01}}",
+            "models.1.scaling={num_workers: 1, cpus_per_worker: 0.5, resources: {head: 0.01}}"]
+        seen: list[dict] = []
+        with PausePoint("train.epoch_start") as point:
+            driver = Driver(cluster, "train", tmp_path, overrides)
+            deadline = time.monotonic() + DRIVER_TIMEOUT_S  # a failure guard
+            while driver.proc.poll() is None and time.monotonic() < deadline:
+                if not select.select([point.server], [], [], 0.5)[0]:
+                    continue
+                arrival = point.next()
+                arrival.info["node"] = _node_or_none(cluster, arrival.info["pid"])
+                seen.append(arrival.info)
+                if arrival.info["model"] == "bot":
+                    arrival.info["used"] = _used()
+                    arrival.info["alloc"] = max(0, int(threshold * vm.total) - arrival.info["used"]) + OOM_OVER
+                    arrival.allocate(arrival.info["alloc"])
+                else:
+                    arrival.release()
+            result = driver.result()
+    finally:
+        cluster.kill_node("node_oom")
+    bot = [i for i in seen if i["model"] == "bot"]
+    assert bot and all(i["node"] == "node_oom" for i in bot), (seen, result, driver.log.read_text()[-6000:])
+    assert [i["epoch"] for i in seen if i["model"] == "attr"] == [0]
+    assert result["attr"] == {"status": "trained", "error": None}, result
+    assert result["bot"]["status"] == "failed", result
+    err = result["bot"]["error"]
+    assert err.startswith("out of memory: a training worker of model 'bot'"), err
+    print(f"\nout of memory: node_oom threshold {threshold:.3f} of {vm.total / 2**30:.1f} GiB "
+          f"({used / 2**30:.1f} GiB used + {OOM_MARGIN / 2**30:g} GiB); bot's worker asked for "
+          f"{', '.join(format(i['alloc'] / 2**30, '.1f') for i in bot)} GiB at {len(bot)} epoch start(s) "
+          f"({len(bot) - 1} Train retry); "
+          f"bot failed: {err[:300]}; attr trained; {driver.seconds:.0f} s")
+
+
+def _node_or_none(cluster: Cluster, pid: int) -> str | None:
+    try:
+        return cluster.node_of(pid)
+    except LookupError:
+        return None
