@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,30 +35,13 @@ from typing import Any, Callable
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from ray_env import REPO, head_start_cmd, ray_env, temp_root, write_token
+
 CLUSTER_YAML = REPO / "cluster.yaml"
 
 GPU_STANDIN = "fake_gpu"  # the custom resource that stands in for a GPU on fake nodes
 HEAD_TYPE = "ray.head.default"  # the fake provider's fixed name for the head's type
 HEAD_START_TIMEOUT_S = 240
-
-
-def _ray_cli() -> str:
-    ray = Path(sys.executable).with_name("ray")
-    return str(ray) if ray.exists() else shutil.which("ray")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def node_types_from_cluster_yaml(path: Path = CLUSTER_YAML, *, cpus_per_node: float = 1,
@@ -206,36 +186,19 @@ def start_autoscaling_head(worker_types: dict[str, Any], *, head_cpus: float = 1
                            max_workers: int = 2, extra_env: dict[str, str] | None = None) -> AutoscalingHead:
     """``RAY_FAKE_CLUSTER=1 ray start --head --block --autoscaling-config=...`` with its own temp dir,
     ports and auth token; returns once the GCS answers."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="vras", dir="/tmp"))  # unix socket paths stay short
-    token = secrets.token_hex(32)
-    (temp_dir / "auth_token").write_text(token)
-    (temp_dir / "auth_token").chmod(0o600)
-    gcs, dash, agent_http, agent_grpc, rt_env, metrics, node_mgr, obj_mgr, client = free_ports(9)
+    temp_dir = temp_root("vras")  # unix socket paths stay short
+    _, token_file = write_token(temp_dir)
+    cmd, gcs, _ = head_start_cmd(temp_dir / "ray", num_cpus=head_cpus, dashboard=False,
+                                 extra=["--node-ip-address=127.0.0.1"])
     gcs_address = f"127.0.0.1:{gcs}"
     config = autoscaler_config(gcs_address, head_cpus, worker_types, idle_timeout_s=idle_timeout_s,
                                max_workers=max_workers)
     cfg_file = temp_dir / "autoscaler.yaml"
     cfg_file.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")}
-    env.update(
-        RAY_FAKE_CLUSTER="1",
-        AUTOSCALER_UPDATE_INTERVAL_S="1",
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(temp_dir / "auth_token"),
-        RAY_USAGE_STATS_ENABLED="0",
-        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-        # the fake nodes are started by the head's monitor and inherit its environment
-        PYTHONPATH=os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p),
-        **(extra_env or {}),
-    )
-    cmd = [_ray_cli(), "start", "--head", "--block", "--disable-usage-stats", f"--port={gcs}",
-           "--node-ip-address=127.0.0.1",
-           f"--num-cpus={head_cpus}", "--num-gpus=0", f"--autoscaling-config={cfg_file}",
-           "--include-dashboard=false", f"--dashboard-port={dash}",
-           f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-           f"--runtime-env-agent-port={rt_env}", f"--metrics-export-port={metrics}",
-           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
-           f"--ray-client-server-port={client}", f"--temp-dir={temp_dir / 'ray'}"]
+    cmd.append(f"--autoscaling-config={cfg_file}")
+    # the fake nodes are started by the head's monitor and inherit its environment (this tree
+    # first on PYTHONPATH, the token)
+    env = ray_env(token_file, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **(extra_env or {}))
     log = temp_dir / "head.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from ray_env import REPO, head_start_cmd, node_port_args, ray_cli, ray_env, temp_root, write_token
+
 START_TIMEOUT_S = 240  # a failure guard: a node is up when the GCS lists it ALIVE
 POLL_S = 0.5
 # a node whose `ray start` exits while starting (a chosen free port taken meanwhile, or on a
@@ -45,24 +43,6 @@ FAST_FAILURE_DETECTION = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
-
-
-def ray_cli() -> str:
-    ray = Path(sys.executable).with_name("ray")
-    return str(ray) if ray.exists() else shutil.which("ray")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class NodeStartFailed(RuntimeError):
@@ -125,30 +105,16 @@ class Cluster:
 
     def __init__(self, head_cpus: float = 0, dashboard: bool = True, env: dict[str, str] | None = None,
                  worker_resources: dict[str, float] | None = None):
-        # unix socket paths under a temp dir must stay under 107 bytes: /tmp/vrcXXXXXXXX/<node>/session_.../sockets
-        self.root = Path(tempfile.mkdtemp(prefix="vrc", dir="/tmp"))
-        token = secrets.token_hex(32)
-        self.token_file = self.root / "auth_token"
-        self.token_file.write_text(token)
-        self.token_file.chmod(0o600)
-        self.token = token
+        self.root = temp_root("vrc")
+        self.token, self.token_file = write_token(self.root)
         self.head_cpus = head_cpus
         self.worker_resources = dict(worker_resources or {})  # on every worker node, besides {name: 1}
         self.dashboard = dashboard
         self.nodes: dict[str, Node] = {}
         self.gcs_port = self.dashboard_port = 0
-        base = {k: v for k, v in os.environ.items()
-                if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")}
-        base.update(
-            # token authentication on, for the nodes, their workers, job drivers and CLI calls;
-            # the token is this cluster's own, not ~/.ray/auth_token
-            RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file),
-            RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
-            RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-            PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                                     if p and Path(p).resolve() != REPO]),
-            **FAST_FAILURE_DETECTION, **(env or {}))
-        self.env = base
+        # token authentication on, for the nodes, their workers, job drivers and CLI calls
+        self.env = ray_env(self.token_file, RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+                           **FAST_FAILURE_DETECTION, **(env or {}))
 
     # ------------------------------------------------------------------ addresses
 
@@ -174,22 +140,20 @@ class Cluster:
             raise
         return self
 
-    def _spawn(self, name: str, args: list[str], num_cpus: float, resources: dict[str, float]) -> Node:
+    def _node_dir(self, name: str) -> Path:
         temp_dir = self.root / name
         if temp_dir.exists():  # a node re-added under the same name: a fresh machine
             shutil.rmtree(temp_dir, ignore_errors=True)
         temp_dir.mkdir()
-        node_mgr, obj_mgr, metrics, agent_http, agent_grpc, rt_env = free_ports(6)
-        cmd = [ray_cli(), "start", "--block", "--disable-usage-stats", *args,
-               f"--num-cpus={num_cpus:g}", "--num-gpus=0", f"--resources={json.dumps(resources)}",
-               f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
-               f"--metrics-export-port={metrics}", f"--dashboard-agent-listen-port={agent_http}",
-               f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={rt_env}",
-               f"--temp-dir={temp_dir}", "--object-store-memory=200000000"]
+        return temp_dir
+
+    def _spawn(self, name: str, cmd: list[str], temp_dir: Path, num_cpus: float,
+               resources: dict[str, float], env: dict[str, str] | None = None) -> Node:
+        cmd = [*cmd, f"--resources={json.dumps(resources)}", "--object-store-memory=200000000"]
         log = self.root / f"{name}.log"
         with open(log, "a") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=REPO, env={**self.env, **(env or {})}, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         node = Node(name, proc, temp_dir, log, num_cpus, resources)
         self.nodes[name] = node
         return node
@@ -204,22 +168,27 @@ class Cluster:
                 self._discard("head")
 
     def _try_start_head(self) -> None:
-        self.gcs_port, self.dashboard_port, client = free_ports(3)
-        dash = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"] \
-            if self.dashboard else ["--include-dashboard=false"]
-        self._spawn("head", ["--head", f"--port={self.gcs_port}", f"--ray-client-server-port={client}", *dash],
-                    self.head_cpus, {"head": 1})
+        temp_dir = self._node_dir("head")
+        cmd, self.gcs_port, self.dashboard_port = head_start_cmd(temp_dir, num_cpus=self.head_cpus,
+                                                                 dashboard=self.dashboard)
+        self._spawn("head", cmd, temp_dir, self.head_cpus, {"head": 1})
         self.wait_for(["head"])
 
     def add_node(self, name: str, num_cpus: float = 1, resources: dict[str, float] | None = None,
-                 wait: bool = True) -> Node:
-        """A worker node with ``num_cpus`` CPUs and the custom resource ``{name: 1}`` (plus
-        ``resources``); returns once the GCS lists it alive (``wait``)."""
+                 wait: bool = True, env: dict[str, str] | None = None, generic: bool = True) -> Node:
+        """A worker node with ``num_cpus`` CPUs and the custom resource ``{name: 1}`` (plus the
+        cluster's ``worker_resources`` unless not ``generic``, plus ``resources``); ``env``: added to
+        its raylet's environment (e.g. ``RAY_memory_usage_threshold``); returns once the GCS lists
+        it alive (``wait``)."""
         if name in self.nodes and not self.nodes[name].killed and self.nodes[name].proc.poll() is None:
             raise ValueError(f"node {name} is running")
         for attempt in range(START_ATTEMPTS):
             self.nodes.pop(name, None)
-            node = self._spawn(name, [f"--address={self.address}"], num_cpus, {name: 1, **self.worker_resources, **(resources or {})})
+            temp_dir = self._node_dir(name)
+            cmd = [ray_cli(), "start", "--block", "--disable-usage-stats", f"--address={self.address}",
+                   f"--num-cpus={num_cpus:g}", "--num-gpus=0", *node_port_args(), f"--temp-dir={temp_dir}"]
+            node = self._spawn(name, cmd, temp_dir, num_cpus,
+                               {name: 1, **(self.worker_resources if generic else {}), **(resources or {})}, env)
             if not wait:
                 return node
             try:

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from vreid.fault_points import ENV_VAR
+from vreid.fault_points import ALLOCATE, ENV_VAR
 
 GUARD_S = 600  # a failure guard only: the work always reaches the point the test waits at
 
@@ -28,6 +28,17 @@ class Arrival:
             self.conn.sendall(b"g")
         except OSError:
             pass  # the process was killed while it waited
+        self.conn.close()
+
+    def allocate(self, nbytes: int) -> None:
+        """Let the process go on after it has allocated (and written) ``nbytes`` that it keeps
+        until it exits: a workload that outgrows its node's memory, at a moment the test chooses."""
+        if self.conn.fileno() < 0:
+            return
+        try:
+            self.conn.sendall(f"{ALLOCATE}{int(nbytes)}\n".encode())
+        except OSError:
+            pass
         self.conn.close()
 
 

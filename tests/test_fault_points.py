@@ -43,3 +43,19 @@ def test_leaving_the_block_lets_waiting_stages_go():
     for th in threads:
         th.join()
     assert len(done) == 2 and held.conn.fileno() < 0
+
+
+def test_a_test_can_make_the_stage_allocate():
+    from vreid import fault_points
+
+    def stage():
+        pause_point("unit.alloc")
+
+    fault_points._held.clear()
+    with PausePoint("unit.alloc") as point:
+        th = threading.Thread(target=stage)
+        th.start()
+        point.next().allocate(3 << 20)
+        th.join()
+    assert [len(b) for b in fault_points._held] == [3 << 20] and fault_points._held[0][-1] == 1
+    fault_points._held.clear()

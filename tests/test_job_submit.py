@@ -17,10 +17,8 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from ray_env import REPO, head_start_cmd, ray_cli, ray_env, temp_root, write_token
 
 # The jobs, as `python <args>` run from the repository root (the uploaded working dir).
 # "{out}" is replaced by a per-test output folder; `files` are glob patterns under it that
@@ -56,24 +53,6 @@ SUBMIT_JOB = "synth"
 WORKING_DIR_EXCLUDES = [".git"]
 HEAD_START_TIMEOUT_S = 240
 POLL_S = 0.5
-
-
-def _ray_cli() -> str:
-    ray = Path(sys.executable).with_name("ray")
-    return str(ray) if ray.exists() else shutil.which("ray")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _http(url: str, token: str | None = None) -> tuple[int, str]:
@@ -116,31 +95,11 @@ class Head:
 
 
 def _start_head() -> Head:
-    # Unix socket paths under the temp dir must stay short: /tmp/vrjXXXXXXXX/ray/session_.../sockets
-    temp_dir = Path(tempfile.mkdtemp(prefix="vrj", dir="/tmp"))
-    token = secrets.token_hex(32)
-    token_file = temp_dir / "auth_token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")}
-    env.update(
-        # Token authentication on, for the head, every process it starts (job drivers included)
-        # and the CLI calls below; the token is this head's own, not ~/.ray/auth_token.
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(token_file),
-        RAY_USAGE_STATS_ENABLED="0",
-        # SIGTERM to `ray start --block` would first wait up to 30 s for the node to drain.
-        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-    )
-    gcs, dash, agent_http, agent_grpc, rt_env, metrics, node_mgr, obj_mgr, client = _free_ports(9)
-    cmd = [_ray_cli(), "start", "--head", "--block", "--disable-usage-stats",
-           f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-           f"--runtime-env-agent-port={rt_env}", f"--metrics-export-port={metrics}",
-           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
-           f"--ray-client-server-port={client}", f"--temp-dir={temp_dir / 'ray'}"]
+    temp_dir = temp_root("vrj")  # unix socket paths under it must stay short
+    token, token_file = write_token(temp_dir)
+    # the jobs import the uploaded working dir, not this tree: no PYTHONPATH added
+    env = ray_env(token_file, repo_on_path=False)
+    cmd, _, dash = head_start_cmd(temp_dir / "ray", num_cpus=2)
     log = temp_dir / "head.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -284,7 +243,7 @@ def test_submit_cli_and_sdk(ray_head, tmp_path):
     job = _job(SUBMIT_JOB, cli_out)
     cli_id = f"vreid-cli-{secrets.token_hex(4)}"
     res = subprocess.run(
-        [_ray_cli(), "job", "submit", "--address", ray_head.address, "--submission-id", cli_id,
+        [ray_cli(), "job", "submit", "--address", ray_head.address, "--submission-id", cli_id,
          "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": WORKING_DIR_EXCLUDES}),
          "--log-style", "record", "--", *job["argv"]],
         cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=job["timeout_s"])

@@ -19,6 +19,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from cluster import Cluster
 from pause_points import PausePoint
+from ray_env import REPO, ray_cli
 
 pytestmark = pytest.mark.node_faults
 
@@ -282,3 +284,248 @@ def test_postprocess_actor_retried_on_the_other_node(nodes, stores, tmp_path):
     assert m_ref["final"] == m_final["final"] and m_ref["ablation"] == m_final["ablation"]
     print(f"\npostprocess: killed {lost} holding the actor; retried on {retried[0]['node']} "
           f"({len(retried)} retry), results identical; {driver.seconds:.0f} s")
+
+
+# ----------------------------------------------------------------------------- Tune
+
+
+def test_tune_sweep_retries_the_trials_of_a_lost_node(nodes, stores, tmp_path):
+    """Kill the node of the first trial that reaches `tune.trial` (before it reports): Tune starts
+    that trial again on the surviving worker node (``tune.max_failures``) and the sweep finishes in
+    the same run: every trial once in trials.csv with a score, none failed, the best YAML written."""
+    import pandas as pd
+
+    run, overrides = stores
+    name = "lost-node"
+    overrides = overrides + [f"tune.name={name}", "tune.num_samples=4", "tune.max_concurrent_trials=2"]
+    with PausePoint("tune.trial") as point:
+        driver = Driver(nodes, "tune", tmp_path, overrides)
+        held = _next(point, driver)
+        lost = nodes.node_of(held.info["pid"])
+        assert lost in WORKERS
+        nodes.kill_node(lost)
+        after = point.release_all_in_background(_locate(nodes))
+        result = driver.result()
+    out = run / "tune" / name
+    assert result["num_trials"] == 4 and result["failed_trials"] == 0, result
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and trials["trial_id"].is_unique, trials[["trial_id", "mAP"]]
+    assert trials["mAP"].notna().all(), trials[["trial_id", "mAP"]]
+    assert (out / "best_postprocess.yaml").is_file() and (out / "summary.json").is_file()
+    assert not list(out.glob(".*.tmp-*")), "a temporary best YAML / summary was left behind"
+    # the held trial's parameters reached the pause point again, on a node still alive
+    again = [i for i in after if i["params"] == held.info["params"]]
+    assert again and all(i["node"] not in (lost, None) for i in again), (held.info, after)
+    assert len(after) >= 4, after  # 3 other trials + the retry (a trial killed with it is retried too)
+    print(f"\ntune: killed {lost} holding a trial; {len(after)} trial starts after the kill "
+          f"({len(after) - 3} redone), {len(trials)} trials in trials.csv, none failed; {driver.seconds:.0f} s")
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+class Job:
+    """jobs/pipeline.py submitted to the cluster's head (`ray job submit`, token auth on); the
+    driver runs this tree (the cluster's PYTHONPATH), no working dir is uploaded."""
+
+    def __init__(self, cluster: Cluster, run: Path, city: Path, overrides: list[str]):
+        import secrets
+        import shlex
+
+        from ray.job_submission import JobSubmissionClient
+
+        self.cluster = cluster
+        self.client = JobSubmissionClient(cluster.dashboard_url, headers={"Authorization": f"Bearer {cluster.token}"})
+        argv = [sys.executable, str(REPO / "jobs" / "pipeline.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
+                "--set", f"run_dir={run}", "--set", f"data.root={city}"]
+        for o in overrides:
+            argv += ["--set", o]
+        self.id = self.client.submit_job(entrypoint=shlex.join(argv), submission_id=f"vreid-drv-{secrets.token_hex(4)}")
+
+    def status(self):
+        return self.client.get_job_status(self.id)
+
+    def logs(self) -> str:
+        return self.client.get_job_logs(self.id)
+
+    def wait(self, guard_s: float = DRIVER_TIMEOUT_S):
+        deadline = time.monotonic() + guard_s
+        while not (status := self.status()).is_terminal():
+            if time.monotonic() > deadline:
+                self.client.stop_job(self.id)
+                pytest.fail(f"job {self.id} not done in {guard_s} s:\n{self.logs()[-6000:]}")
+            time.sleep(0.5)
+        return status
+
+    def succeed(self) -> str:
+        from ray.job_submission import JobStatus
+
+        status = self.wait()
+        logs = self.logs()
+        assert status == JobStatus.SUCCEEDED, f"job {self.id}: {status}\n{logs[-8000:]}"
+        return logs
+
+    def hold_at(self, point: PausePoint, stage: str):
+        """Let the stages before ``stage`` go on; returns the arrival of the driver at ``stage``."""
+        while True:
+            while not select.select([point.server], [], [], 0.5)[0]:
+                if self.status().is_terminal():
+                    pytest.fail(f"job {self.id} ended ({self.status()}) before stage {stage}:\n{self.logs()[-6000:]}")
+            arrival = point.next()
+            if arrival.info.get("stage") == stage:
+                return arrival
+            arrival.release()
+
+
+def _mtimes(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def _results(run: Path) -> Path:
+    (out,) = [p.parent for p in (run / "results").glob("final*/track2.txt")]
+    return out
+
+
+def test_pipeline_driver_killed_and_stopped_then_resubmitted(nodes, tmp_path, tiny_city):
+    """The pipeline job's driver, waiting at the start of a stage, is SIGKILLed (at `tune`) and then
+    stopped with `ray job stop` (at `postprocess`); each time the job is submitted again and goes
+    on from the stages complete: models, feature stores and the sweep are not redone, and the
+    results equal those of an undisturbed run with the same models."""
+    import shutil
+
+    from ray.job_submission import JobStatus
+
+    # one trial at a time: the sweep picks the same configuration on every run
+    overrides = ["tune.max_concurrent_trials=1"]
+    ref = tmp_path / "reference"
+    t0 = time.monotonic()
+    Job(nodes, ref, tiny_city, overrides).succeed()
+    ref_s = time.monotonic() - t0
+    run = tmp_path / "run"
+    shutil.copytree(ref / "models", run / "models")  # the same weights: training is the reference's
+    models = _mtimes(run / "models")
+
+    with PausePoint("pipeline.stage") as point:
+        # 1. SIGKILL of the driver process while it waits at the start of the tune stage
+        t0 = time.monotonic()
+        job = Job(nodes, run, tiny_city, overrides)
+        held = job.hold_at(point, "tune")
+        os.kill(held.info["pid"], signal.SIGKILL)
+        assert job.wait() == JobStatus.FAILED
+        first = job.logs()
+        first_s = time.monotonic() - t0
+        assert "model bot: already trained" in first and "model attr: already trained" in first, first[-4000:]
+        stores = _mtimes(run / "features")
+        assert stores and not (run / "tune").exists()
+
+        # 2. resubmitted; `ray job stop` while it waits at the start of the postprocess stage
+        t0 = time.monotonic()
+        job = Job(nodes, run, tiny_city, overrides)
+        job.hold_at(point, "postprocess")
+        res = subprocess.run([ray_cli(), "job", "stop", "--address", nodes.dashboard_url, job.id],
+                             env=nodes.env, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert job.wait() == JobStatus.STOPPED
+        second = job.logs()
+        second_s = time.monotonic() - t0
+        assert second.count(": complete for checkpoint ") == 4, second[-4000:]  # 2 models x (test, val)
+        assert not (run / "results").exists() or not list((run / "results").glob("final*/track2.txt"))
+        tune = _mtimes(run / "tune")
+        assert any(p.name == "best_postprocess.yaml" for p in tune)
+
+        # 3. resubmitted, not disturbed
+        point.release_all_in_background()
+        t0 = time.monotonic()
+        third = Job(nodes, run, tiny_city, overrides).succeed()
+        third_s = time.monotonic() - t0
+    assert "stage tune: sweep already complete" in third, third[-4000:]
+    assert third.count(": complete for checkpoint ") == 4
+    for before in (models, stores, tune):
+        rewritten = [str(p) for p, m in before.items() if not p.exists() or p.stat().st_mtime_ns != m]
+        assert not rewritten, f"a resubmitted job rewrote complete outputs: {rewritten[:10]}"
+    a, b = _results(ref), _results(run)
+    assert (a / "track2.txt").read_bytes() == (b / "track2.txt").read_bytes()
+    assert pq.read_table(a / "rankings.parquet").equals(pq.read_table(b / "rankings.parquet"))
+    assert json.loads((a / "metrics.json").read_text())["final"] == json.loads((b / "metrics.json").read_text())["final"]
+    print(f"\ndriver: undisturbed run {ref_s:.0f} s; SIGKILL at tune after {first_s:.0f} s (train skipped, "
+          f"extract done), `ray job stop` at postprocess after {second_s:.0f} s (extract skipped, tune done), "
+          f"resubmitted: {third_s:.0f} s (train, extract, tune skipped); results identical")
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+# The node's threshold lies OOM_MARGIN above the machine's memory use when the test starts (room
+# for the test's own processes: the node, both workers, the driver); at the pause point bot's
+# worker allocates what is left up to the threshold then, plus OOM_OVER. Ray's monitor kills the
+# worker as soon as the use crosses the threshold, so the machine's use never goes far above it.
+OOM_MARGIN = 6 << 30
+OOM_OVER = 2 << 30
+
+
+def _used() -> int:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return vm.total - vm.available  # what Ray's monitor counts (MemTotal - MemAvailable, no cgroup here)
+
+
+def test_out_of_memory_worker_fails_its_model_only(cluster, tmp_path, tiny_city):
+    """`bot`'s only worker runs on a node whose raylet kills workers above a memory threshold (Ray's
+    memory monitor, `RAY_memory_usage_threshold`, computed now from psutil); at the start of each of
+    its epochs that worker allocates more than the room left (a pause point's ``allocate``). Ray
+    kills it, and Train's retry: bot fails with the out-of-memory reason named in its error;
+    `attr` (on the head) trains on."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    used = _used()
+    if vm.available < OOM_MARGIN + OOM_OVER + (4 << 30):
+        pytest.skip(f"{vm.available / 2**30:.1f} GiB available: too little to run a worker out of memory safely")
+    threshold = (used + OOM_MARGIN) / vm.total
+    cluster.add_node("node_oom", 1, generic=False, env={
+        "RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100"})
+    try:
+        run = tmp_path / "run"
+        overrides = _base(run, tiny_city) + [
+            "train.max_failures=1",
+            "models.0.recipe.0.epochs=1", "models.1.recipe.0.epochs=1",
+            "models.0.scaling={num_workers: 1, cpus_per_worker: 0.5, resources: {node_oom: 0.01}}",
+            "models.1.scaling={num_workers: 1, cpus_per_worker: 0.5, resources: {head: 0.01}}"]
+        seen: list[dict] = []
+        with PausePoint("train.epoch_start") as point:
+            driver = Driver(cluster, "train", tmp_path, overrides)
+            deadline = time.monotonic() + DRIVER_TIMEOUT_S  # a failure guard
+            while driver.proc.poll() is None and time.monotonic() < deadline:
+                if not select.select([point.server], [], [], 0.5)[0]:
+                    continue
+                arrival = point.next()
+                arrival.info["node"] = _node_or_none(cluster, arrival.info["pid"])
+                seen.append(arrival.info)
+                if arrival.info["model"] == "bot":
+                    arrival.info["used"] = _used()
+                    arrival.info["alloc"] = max(0, int(threshold * vm.total) - arrival.info["used"]) + OOM_OVER
+                    arrival.allocate(arrival.info["alloc"])
+                else:
+                    arrival.release()
+            result = driver.result()
+    finally:
+        cluster.kill_node("node_oom")
+    bot = [i for i in seen if i["model"] == "bot"]
+    assert bot and all(i["node"] == "node_oom" for i in bot), (seen, result, driver.log.read_text()[-6000:])
+    assert [i["epoch"] for i in seen if i["model"] == "attr"] == [0]
+    assert result["attr"] == {"status": "trained", "error": None}, result
+    assert result["bot"]["status"] == "failed", result
+    err = result["bot"]["error"]
+    assert err.startswith("out of memory: a training worker of model 'bot'"), err
+    print(f"\nout of memory: node_oom threshold {threshold:.3f} of {vm.total / 2**30:.1f} GiB "
+          f"({used / 2**30:.1f} GiB used + {OOM_MARGIN / 2**30:g} GiB); bot's worker asked for "
+          f"{', '.join(format(i['alloc'] / 2**30, '.1f') for i in bot)} GiB at {len(bot)} epoch start(s) "
+          f"({len(bot) - 1} Train retry); "
+          f"bot failed: {err[:300]}; attr trained; {driver.seconds:.0f} s")
+
+
+def _node_or_none(cluster: Cluster, pid: int) -> str | None:
+    try:
+        return cluster.node_of(pid)
+    except LookupError:
+        return None

@@ -401,6 +401,8 @@ class TuneConfig(StrictModel):
     time_budget_s: float | None = Field(None, gt=0)
     cpus_per_trial: float = Field(0.5, gt=0)
     resources_per_trial: dict[str, float] = _custom_resources_field("each trial")
+    max_failures: int = Field(2, ge=0, description="times a failed trial is started again (Ray Tune "
+                                                   "FailureConfig), e.g. when its node is lost")
     space: dict[str, SearchDimension] = Field(
         default_factory=dict,
         description="'step.param' -> dimension (e.g. rerank.k1), or 'step' -> {type: switch} to turn a step on/off")

@@ -6,7 +6,9 @@ nothing unless the environment variable ``VREID_PAUSE_POINTS`` names a directory
 listens on a unix socket named after the point. Then the process sends the point's name and
 details as one JSON line and waits for the test's answer: the test decides, at a moment it
 controls, to let the stage go on (any reply) or to kill it while it waits. Interruption tests
-therefore never race the work they interrupt.
+therefore never race the work they interrupt. A reply ``m<bytes>\n`` (:data:`ALLOCATE`) makes the
+process allocate and write that many bytes, kept until it exits, before it goes on: a workload
+that outgrows its node's memory (the out-of-memory test).
 
 The variable must be in the environment of the processes that reach the point: set it before
 ``ray.init`` / ``ray start`` (Ray workers inherit the raylet's environment).
@@ -20,6 +22,8 @@ import socket
 from typing import Any
 
 ENV_VAR = "VREID_PAUSE_POINTS"
+ALLOCATE = "m"  # the reply that asks for an allocation: "m<bytes>\n"
+_held: list[bytearray] = []  # what a test made this process allocate
 
 
 def pause_point(name: str, **details: Any) -> None:
@@ -35,6 +39,14 @@ def pause_point(name: str, **details: Any) -> None:
         try:
             sock.connect(path)
             sock.sendall(message)
-            sock.recv(1)  # the reply, or the test closing the connection, lets the stage go on
+            reply = sock.recv(1)  # the reply, or the test closing the connection, lets the stage go on
+            if reply == ALLOCATE.encode():
+                size = b""
+                while not size.endswith(b"\n"):
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        break
+                    size += chunk
+                _held.append(bytearray(b"\x01") * int(size))  # written: resident, not just reserved
         except OSError:
             return  # the test stopped listening meanwhile

@@ -65,7 +65,8 @@ def _tune_key(cfg: RunConfig) -> str:
     from vreid.models.trained import read_trained_meta
 
     weights = [read_trained_meta(Path(cfg.run_dir) / "models" / m.name)["sha256"] for m in cfg.models]
-    payload = {"tune": cfg.tune.model_dump(mode="json"), "postprocess": cfg.postprocess.model_dump(mode="json"),
+    # (how often a failed trial is retried changes no result: not part of the key)
+    payload = {"tune": cfg.tune.model_dump(mode="json", exclude={"max_failures"}), "postprocess": cfg.postprocess.model_dump(mode="json"),
                "models": weights, "extract": cfg.extract.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

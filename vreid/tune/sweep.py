@@ -231,7 +231,9 @@ def run_sweep(cfg: RunConfig, inputs: PostprocessInputs, base: PostprocessConfig
                                         max_concurrent_trials=tcfg.max_concurrent_trials,
                                         time_budget_s=tcfg.time_budget_s,
                                         reuse_actors=True),  # one actor (and one copy of the inputs) per slot
-            run_config=tune.RunConfig(name=tcfg.name, storage_path=storage, verbose=0, callbacks=callbacks))
+            # a trial whose actor died (its node lost) is started again instead of ending as an error
+            run_config=tune.RunConfig(name=tcfg.name, storage_path=storage, verbose=0, callbacks=callbacks,
+                                      failure_config=tune.FailureConfig(max_failures=tcfg.max_failures)))
     log.info("tune: %d trials over %s, %d at a time, metric %s", tcfg.num_samples, sorted(tcfg.space),
              tcfg.max_concurrent_trials, tcfg.metric)
     results = tuner.fit()
