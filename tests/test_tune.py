@@ -115,7 +115,8 @@ def _finished_on_record(exp: Path) -> int:
 def test_restore_after_interrupted_sweep(tmp_path, ray_session):
     """A sweep killed with its driver (SIGKILL) after two of eight trials resumes: Tuner.restore
     keeps the finished trials, runs the other six, and writes the best YAML once, at the end.
-    The kill lands while the third trial waits at its pause point, never by racing the sweep."""
+    The kill lands while the third trial waits at its pause point and the saved state is whole,
+    never by racing the sweep."""
     import os
     import time
 
@@ -131,8 +132,15 @@ def test_restore_after_interrupted_sweep(tmp_path, ray_session):
             for _ in range(2):
                 point.next().release()
             point.next()  # the third trial waits here until its driver is killed
+            # The driver copies its experiment state to the run's storage in place (a background
+            # thread), so a kill could cut a copy short. Freeze the driver's processes; kill them
+            # only while the record holds both finished trials completely, else let them go on.
             deadline = time.monotonic() + 300  # a failure guard only
-            while _finished_on_record(exp) < 2 and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                os.killpg(proc.pid, signal.SIGSTOP)
+                if _finished_on_record(exp) >= 2:
+                    break
+                os.killpg(proc.pid, signal.SIGCONT)
                 time.sleep(0.1)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
