@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from vreid.fault_points import ALLOCATE, ENV_VAR
+from vreid.fault_points import ALLOCATE, ENV_VAR, read_line
 
 GUARD_S = 600  # a failure guard only: the work always reaches the point the test waits at
 
@@ -74,13 +74,7 @@ class PausePoint:
         except socket.timeout:
             raise AssertionError(f"nothing reached the pause point {self.path} in {GUARD_S} s") from None
         conn.settimeout(GUARD_S)
-        line = b""
-        while not line.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            line += chunk
-        self.arrivals.append(Arrival(conn, json.loads(line)))
+        self.arrivals.append(Arrival(conn, json.loads(read_line(conn))))
         return self.arrivals[-1]
 
     def wait_for(self, **match) -> Arrival:

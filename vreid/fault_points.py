@@ -26,6 +26,17 @@ ALLOCATE = "m"  # the reply that asks for an allocation: "m<bytes>\n"
 _held: list[bytearray] = []  # what a test made this process allocate
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """Bytes from ``sock`` up to and including a newline (less if the peer closes first)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        line += chunk
+    return line
+
+
 def pause_point(name: str, **details: Any) -> None:
     """Wait at the point ``name`` while a test listens there; a no-op otherwise."""
     root = os.environ.get(ENV_VAR)
@@ -41,12 +52,6 @@ def pause_point(name: str, **details: Any) -> None:
             sock.sendall(message)
             reply = sock.recv(1)  # the reply, or the test closing the connection, lets the stage go on
             if reply == ALLOCATE.encode():
-                size = b""
-                while not size.endswith(b"\n"):
-                    chunk = sock.recv(64)
-                    if not chunk:
-                        break
-                    size += chunk
-                _held.append(bytearray(b"\x01") * int(size))  # written: resident, not just reserved
+                _held.append(bytearray(b"\x01") * int(read_line(sock)))  # written: resident, not just reserved
         except OSError:
             return  # the test stopped listening meanwhile
